@@ -1,0 +1,1 @@
+"""The Docker Compose stack and its Docker-free twin (`emotion-stream local`)."""

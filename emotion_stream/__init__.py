@@ -1,0 +1,1 @@
+"""emotion-stream: the project-level command and the shared model-repository layout."""

@@ -1,0 +1,1 @@
+"""Hugging Face model -> ONNX -> fused -> INT8 -> Triton model repository."""

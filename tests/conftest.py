@@ -1,0 +1,22 @@
+"""Shared test configuration.
+
+Unit tests need no services. Integration tests (marker ``integration``) start a real
+Kafka broker and a real Triton server through the same code as
+``emotion-stream local up``; under ``CI=true`` a service that cannot start fails the
+test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip locally when a service cannot start; fail under CI=true."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: integration services must start)")
+    pytest.skip(reason)

@@ -1,0 +1,1 @@
+"""The streaming worker: Kafka `tweets` -> micro-batches -> Triton -> Kafka `emotions`."""
