@@ -20,3 +20,9 @@ def skip_or_fail(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: integration services must start)")
     pytest.skip(reason)
+
+
+# Fixtures live beside the code they exercise, as plugins, so each part owns its own:
+#   tests/support/model_fixtures.py    tiny HF model + tokenizer, exported model repository
+#   tests/support/service_fixtures.py  real Kafka broker and real Triton server
+pytest_plugins = ["tests.support.model_fixtures", "tests.support.service_fixtures"]
