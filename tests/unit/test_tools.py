@@ -1,0 +1,144 @@
+"""``emotion-stream produce`` line parsing and ``consume`` formatting, without a broker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from worker.sample_tweets import BUILT_IN_SAMPLE, SampleTweet, load_sample_tweets
+from worker.tools import LineError, OutgoingTweet, format_result, main, parse_line, sample_records
+
+
+def test_json_object_is_sent_as_written_and_keyed_by_its_id() -> None:
+    line = b'{"id": "t-1", "text": "I love mondays", "lang": "en"}\n'
+    assert parse_line(line) == OutgoingTweet(key=b"t-1", value=line.rstrip(b"\n"))
+
+
+def test_numeric_id_becomes_a_text_key() -> None:
+    record = parse_line(b'{"id": 42, "text": "hi"}')
+    assert record is not None
+    assert record.key == b"42"
+
+
+def test_json_object_without_id_has_no_key() -> None:
+    assert parse_line(b'{"text": "hi"}\r\n') == OutgoingTweet(key=None, value=b'{"text": "hi"}')
+
+
+@pytest.mark.parametrize(
+    "line", [b"I hate traffic :(", "naïve café 😂".encode(), b"42", b"null", b"[1, 2]"]
+)
+def test_plain_line_is_the_text(line: bytes) -> None:
+    record = parse_line(line + b"\n")
+    assert record is not None
+    assert record.key is None
+    # Wrapped, so a tweet that happens to be valid JSON (42, null) stays a tweet.
+    assert json.loads(record.value) == {"text": line.decode()}
+
+
+def test_line_starting_with_a_brace_that_is_not_json_is_text() -> None:
+    record = parse_line(b"{sarcasm} love waiting in line")
+    assert record is not None
+    assert json.loads(record.value) == {"text": "{sarcasm} love waiting in line"}
+
+
+@pytest.mark.parametrize("line", [b"", b"\n", b"   \t \r\n"])
+def test_blank_lines_are_skipped(line: bytes) -> None:
+    assert parse_line(line) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b'{"id": "x"}', '"text"'),
+        (b'{"text": "   "}', '"text"'),
+        (b'{"text": 5}', '"text"'),
+        (b'{"id": [1], "text": "hi"}', '"id"'),
+        (b'{"id": true, "text": "hi"}', '"id"'),
+        (b"caf\xe9", "UTF-8"),
+    ],
+)
+def test_unusable_lines_say_why(line: bytes, reason: str) -> None:
+    with pytest.raises(LineError, match=reason):
+        parse_line(line)
+
+
+def test_verbatim_sends_the_bytes_unchecked() -> None:
+    assert parse_line(b"caf\xe9\n", verbatim=True) == OutgoingTweet(key=None, value=b"caf\xe9")
+    assert parse_line(b"\n", verbatim=True) == OutgoingTweet(key=None, value=b"")
+
+
+def test_built_in_sample_covers_every_emotion_with_unique_ids() -> None:
+    assert len(BUILT_IN_SAMPLE) >= 12
+    assert {tweet.label for tweet in BUILT_IN_SAMPLE} == {"anger", "joy", "optimism", "sadness"}
+    assert len({tweet.id for tweet in BUILT_IN_SAMPLE}) == len(BUILT_IN_SAMPLE)
+
+
+def test_sample_falls_back_to_the_built_in_set(tmp_path: Path) -> None:
+    assert load_sample_tweets(tmp_path / "absent.jsonl") == list(BUILT_IN_SAMPLE)
+
+
+def test_sample_reads_the_shared_file_when_present(tmp_path: Path) -> None:
+    shared = tmp_path / "tweets.jsonl"
+    shared.write_text('{"id": "te-0", "text": "so sad", "label": "sadness"}\n\n', "utf-8")
+    assert load_sample_tweets(shared) == [SampleTweet("te-0", "so sad", "sadness")]
+
+
+def test_sample_records_are_keyed_json_tweets() -> None:
+    first = next(sample_records())
+    assert first.key is not None
+    assert json.loads(first.value)["id"] == first.key.decode()
+    # What produce sends is what produce would accept from a file.
+    assert parse_line(first.value) == first
+
+
+def _result(**fields: object) -> bytes:
+    base: dict[str, object] = {"id": "t-1", "text": "I love mondays", "label": "joy", "score": 0.91}
+    return json.dumps({**base, **fields}).encode()
+
+
+def test_result_line_shows_label_score_id_and_text() -> None:
+    line = format_result(_result())
+    assert line.split()[:3] == ["joy", "0.91", "t-1"]
+    assert line.endswith("I love mondays")
+
+
+def test_long_text_is_cut_to_one_line() -> None:
+    line = format_result(_result(text="word\n" * 100), width=20)
+    assert "\n" not in line
+    assert line.endswith("…")
+    assert len(line.split(maxsplit=3)[3]) == 20
+
+
+def test_expected_label_of_a_sample_is_shown() -> None:
+    assert format_result(_result(meta={"expected": "sadness"})).endswith("(expected sadness)")
+
+
+@pytest.mark.parametrize("value", [b"not json", b"\xff\xfe", b'{"text": "no label"}'])
+def test_anything_else_is_shown_raw(value: bytes) -> None:
+    assert format_result(value).startswith("(not a result)")
+
+
+def test_sample_and_file_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["produce", "--sample", "tweets.jsonl"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_missing_file_fails_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    # An unroutable broker address: reaching it would take the connect timeout.
+    assert main(["produce", "/nonexistent/tweets.jsonl", "--bootstrap-servers", "127.0.0.1:1"]) == 1
+    assert "cannot read /nonexistent/tweets.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["produce", "consume"])
+def test_unreachable_broker_is_one_clear_line(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [command, "--bootstrap-servers", "127.0.0.1:1", "--connect-timeout", "0.5"]
+    if command == "produce":
+        args.append("--sample")
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert f"emotion-stream {command}: cannot reach Kafka at 127.0.0.1:1" in err
