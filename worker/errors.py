@@ -1,0 +1,130 @@
+"""Every failure the worker knows about, rooted in one exception.
+
+The type decides the policy, not the message:
+
+- :class:`TransientError` — the world is briefly unable (Triton down or loading the
+  model, a deadline passed, the broker unreachable). Back off and retry the same
+  records; never commit them, never dead-letter them.
+- :class:`PoisonMessage` — this record can never be classified (bad bytes, no text,
+  too large, rejected by the model). Dead-letter it with context and move on.
+- :class:`FatalError` — the worker cannot do its job as configured (the model does
+  not match what the worker sends, the output topic refuses our writes). Stop with a
+  clear message; commit nothing that was not delivered.
+
+Each subclass builds its message from its arguments, so call sites stay short and
+messages stay uniform.
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Root of every error the worker raises on purpose."""
+
+
+# --- retryable --------------------------------------------------------------------
+
+
+class TransientError(WorkerError):
+    """Retry later: backing off and trying the same records again may succeed."""
+
+
+class InferenceUnavailable(TransientError):  # noqa: N818 — domain name, the type is the policy
+    """Triton cannot answer now (unreachable, model not ready, deadline, overloaded)."""
+
+    def __init__(self, status: str, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"Triton unavailable ({status}): {detail}")
+
+
+class BrokerUnavailable(TransientError):  # noqa: N818 — domain name, the type is the policy
+    """A Kafka operation failed with an error the broker says is retriable."""
+
+    def __init__(self, operation: str, detail: str) -> None:
+        self.operation = operation
+        self.detail = detail
+        super().__init__(f"Kafka {operation} failed, will retry: {detail}")
+
+
+# --- dead-letter ------------------------------------------------------------------
+
+
+class PoisonMessage(WorkerError):  # noqa: N818 — domain name, the type is the policy
+    """This record can never be classified; it goes to the dead-letter topic."""
+
+
+class NullValue(PoisonMessage):
+    """The record has no value (a tombstone)."""
+
+    def __init__(self) -> None:
+        super().__init__("record value is null")
+
+
+class InvalidUtf8(PoisonMessage):
+    """The value is neither valid UTF-8 text nor JSON."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"value is not valid UTF-8: {reason}")
+
+
+class MissingText(PoisonMessage):
+    """A JSON object without a ``text`` field."""
+
+    def __init__(self, fields: list[str]) -> None:
+        shown = ", ".join(fields[:10]) or "no fields"
+        super().__init__(f"JSON object has no 'text' field (fields: {shown})")
+
+
+class InvalidTweet(PoisonMessage):
+    """A JSON object whose ``text`` or ``id`` has the wrong type."""
+
+    def __init__(self, field: str, found: str) -> None:
+        super().__init__(f"field {field!r} must be a string, found {found}")
+
+
+class EmptyText(PoisonMessage):
+    """The text is empty or only whitespace."""
+
+    def __init__(self) -> None:
+        super().__init__("text is empty or whitespace only")
+
+
+class TextTooLarge(PoisonMessage):
+    """The text is over the configured size cap."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"text is {size} bytes, over the {limit}-byte cap (max_text_bytes)")
+
+
+class InferenceRejected(PoisonMessage):
+    """Triton refused this input (INVALID_ARGUMENT): retrying will never help."""
+
+    def __init__(self, status: str, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"Triton rejected the input ({status}): {detail}")
+
+
+# --- stop ------------------------------------------------------------------------
+
+
+class FatalError(WorkerError):
+    """The worker cannot continue as configured; it stops with this message."""
+
+
+class ModelMismatch(FatalError):  # noqa: N818 — domain name, the type is the policy
+    """The served model does not accept what the worker sends, or labels disagree."""
+
+    def __init__(self, model: str, problem: str) -> None:
+        super().__init__(f"model {model!r} does not fit the worker: {problem}")
+
+
+class PublishFailed(FatalError):  # noqa: N818 — domain name, the type is the policy
+    """The broker refused a write for a reason retrying will not fix."""
+
+    def __init__(self, topic: str, detail: str) -> None:
+        self.topic = topic
+        super().__init__(f"cannot publish to {topic!r}: {detail}")

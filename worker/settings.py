@@ -1,0 +1,280 @@
+"""The worker's settings: one class, read from ``EMOTION_STREAM_*`` environment variables.
+
+Every field has a docstring; the README's settings table is written from them. The
+class is frozen: a running worker never changes its mind. Derived values (the Kafka
+client's security arguments, the Triton model layout) are properties, so the rest of
+the worker never re-derives them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from emotion_stream.layout import DEFAULT_MODEL_NAME, ModelLayout, default_repository
+
+ENV_PREFIX = "EMOTION_STREAM_"
+
+# The exported RoBERTa's position embeddings cover 128 tokens (plus the two special
+# positions RoBERTa reserves); longer inputs would index past them.
+MODEL_MAX_TOKENS = 128
+
+# Tweets are at most 280 characters (≤ 1,120 UTF-8 bytes). 100 kB is ~90x that, and a
+# result repeats the text JSON-escaped (≤ 6 bytes per byte for control characters),
+# so even the worst case stays under Kafka's default 1 MB message size.
+DEFAULT_MAX_TEXT_BYTES = 100_000
+
+METRICS_DISABLED = -1
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def default_worker_id() -> str:
+    """``<hostname>-<pid>``: unique per process, readable in logs and DLQ headers."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerSettings(BaseSettings):
+    """Everything ``emotion-stream worker`` can be told, with its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- Kafka -------------------------------------------------------------------
+    kafka_bootstrap_servers: str = "localhost:9092"
+    """Comma-separated ``host:port`` list of Kafka brokers to bootstrap from."""
+
+    input_topic: str = "tweets"
+    """Topic the worker consumes tweets from."""
+
+    output_topic: str = "emotions"
+    """Topic the worker publishes one classified result per input to."""
+
+    dlq_topic: str = "tweets.dlq"
+    """Dead-letter topic: poison records, original key/value/headers plus ``dlq.*`` headers."""
+
+    consumer_group: str = "emotion-workers"
+    """Kafka consumer group; workers sharing it split the input partitions."""
+
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a group with no committed offset starts: ``earliest`` loses nothing."""
+
+    commit_interval_ms: int = Field(default=1000, ge=0, le=60_000)
+    """How often completed offsets are committed while running (0 = after every batch).
+    Commits on revocation and shutdown are synchronous regardless."""
+
+    max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+    """Kafka's ``max.poll.interval.ms``. The worker keeps polling while it waits, so this
+    only bounds one loop iteration (at most one Triton deadline)."""
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Kafka security protocol."""
+
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism when ``security_protocol`` is ``SASL_*``."""
+
+    sasl_username: str | None = None
+    """SASL user name."""
+
+    sasl_password: SecretStr | None = None
+    """SASL password; never logged, never shown in errors."""
+
+    ssl_cafile: Path | None = None
+    """PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL)."""
+
+    ssl_certfile: Path | None = None
+    """PEM client certificate for mutual TLS with the brokers."""
+
+    ssl_keyfile: Path | None = None
+    """PEM private key of ``ssl_certfile``."""
+
+    # --- Triton ------------------------------------------------------------------
+    triton_url: str = "localhost:8001"
+    """Triton gRPC endpoint, ``host:port``."""
+
+    model_name: str = DEFAULT_MODEL_NAME
+    """Model name in Triton's repository."""
+
+    model_version: str = ""
+    """Model version to call; empty means the version Triton's policy serves (latest)."""
+
+    model_repository: Path = Field(default_factory=default_repository)
+    """Model repository the tokenizer (``<model>/tokenizer/``) and ``labels.txt`` are read
+    from; the same folder Triton serves."""
+
+    triton_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """Deadline for one Triton call; passing it is a transient error (retried)."""
+
+    triton_ssl: bool = False
+    """Use TLS for the gRPC channel to Triton."""
+
+    triton_root_certificates: Path | None = None
+    """PEM root certificates to verify Triton's server certificate (TLS)."""
+
+    triton_private_key: Path | None = None
+    """PEM client private key for mutual TLS with Triton."""
+
+    triton_certificate_chain: Path | None = None
+    """PEM client certificate chain for mutual TLS with Triton."""
+
+    # --- batching and tokenizing ------------------------------------------------
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    """Most tweets per inference call; lowered to the model's ``max_batch_size`` with a
+    warning if above it."""
+
+    max_batch_wait_ms: int = Field(default=20, ge=0, le=10_000)
+    """Longest a batch waits for more tweets after its first one arrived."""
+
+    max_in_flight_batches: int = Field(default=2, ge=1, le=16)
+    """Batches at Triton at once; the next is tokenized while these run."""
+
+    max_sequence_length: int = Field(default=MODEL_MAX_TOKENS, ge=8, le=MODEL_MAX_TOKENS)
+    """Tokens per text after truncation (the model's limit is 128)."""
+
+    padding: Literal["dynamic", "fixed"] = "dynamic"
+    """``dynamic`` pads to the longest text in the batch; ``fixed`` always to
+    ``max_sequence_length`` (the original guide's behaviour, for comparison)."""
+
+    max_text_bytes: int = Field(default=DEFAULT_MAX_TEXT_BYTES, ge=1, le=10_000_000)
+    """Texts longer than this many UTF-8 bytes are dead-lettered (``TextTooLarge``)."""
+
+    # --- delivery and retries ----------------------------------------------------
+    delivery: Literal["at_least_once"] = "at_least_once"
+    """Delivery guarantee. Only ``at_least_once`` for now (exactly-once is planned)."""
+
+    retry_backoff_initial_s: float = Field(default=0.2, gt=0, le=60)
+    """First wait after a transient failure; doubles on each further failure."""
+
+    retry_backoff_max_s: float = Field(default=10.0, gt=0, le=600)
+    """Cap of the backoff between retries of a transient failure (plus jitter)."""
+
+    # --- identity and observability ---------------------------------------------
+    worker_id: str = Field(default_factory=default_worker_id, min_length=1)
+    """This worker's name in logs, metrics and DLQ headers (default ``hostname-pid``)."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level; ``debug`` adds one line per batch."""
+
+    log_summary_interval_s: float = Field(default=10.0, gt=0)
+    """Seconds between the info-level throughput summaries."""
+
+    metrics_port: int = Field(default=9100, ge=METRICS_DISABLED, le=65535)
+    """Port of the HTTP server for ``/metrics``, ``/healthz``, ``/readyz``; 0 picks a free
+    port (logged), -1 disables the server."""
+
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics/health server binds to (``127.0.0.1`` to keep it local)."""
+
+    @field_validator("model_version")
+    @classmethod
+    def _version_is_number_or_empty(cls, value: str) -> str:
+        if value and not value.isdigit():
+            raise ValueError("must be a positive integer such as '1', or empty for latest")
+        return value
+
+    @field_validator(
+        "kafka_bootstrap_servers",
+        "input_topic",
+        "output_topic",
+        "dlq_topic",
+        "consumer_group",
+        "triton_url",
+        "model_name",
+    )
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkerSettings:
+        e = env_name
+        if self.input_topic in {self.output_topic, self.dlq_topic}:
+            raise ValueError(
+                f"{e('output_topic')} and {e('dlq_topic')} must differ from "
+                f"{e('input_topic')} (the worker would consume its own output)"
+            )
+        if self.retry_backoff_initial_s > self.retry_backoff_max_s:
+            raise ValueError(
+                f"{e('retry_backoff_initial_s')} must not exceed {e('retry_backoff_max_s')}"
+            )
+        if self.security_protocol.startswith("SASL"):
+            protocol = f"{e('security_protocol')}={self.security_protocol}"
+            if self.sasl_mechanism is None:
+                raise ValueError(f"{e('sasl_mechanism')} is required with {protocol}")
+            if not self.sasl_username or self.sasl_password is None:
+                raise ValueError(
+                    f"{e('sasl_username')} and {e('sasl_password')} are required with {protocol}"
+                )
+        return self
+
+    # --- derived ---------------------------------------------------------------
+    @property
+    def layout(self) -> ModelLayout:
+        """Where the tokenizer and labels of the served model live."""
+        version = int(self.model_version) if self.model_version else 1
+        return ModelLayout(self.model_repository, self.model_name, version)
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return self.metrics_port != METRICS_DISABLED
+
+    def kafka_security(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python clients (consumer, producer) — secrets included.
+
+        Never log the result.
+        """
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                options["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        if self.security_protocol in {"SSL", "SASL_SSL"}:
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                path = getattr(self, name)
+                if path is not None:
+                    options[name] = str(path)
+        return options
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain values for the startup log; secrets shown as ``**********``."""
+        return {
+            name: (str(value) if isinstance(value, SecretStr | Path) else value)
+            for name, value in self.model_dump().items()
+        }
+
+
+SECRET_FIELDS = frozenset({"sasl_password"})
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per bad setting, naming its environment variable; secret inputs not echoed."""
+    lines = []
+    for problem in error.errors():
+        location = [str(part) for part in problem.get("loc", ())]
+        field = location[0] if location else ""
+        message = problem.get("msg", "invalid")
+        if field and field in WorkerSettings.model_fields:
+            shown = ""
+            if field not in SECRET_FIELDS and "input" in problem and problem["type"] != "missing":
+                shown = f" (got {problem['input']!r})"
+            lines.append(f"{env_name(field)}: {message}{shown}")
+        elif field:
+            lines.append(f"{field}: {message}")
+        else:
+            lines.append(message.removeprefix("Value error, "))
+    return "\n".join(lines)
