@@ -101,7 +101,8 @@ def test_text_at_the_cap_is_accepted() -> None:
 
 
 def test_classified_tweet_output_schema() -> None:
-    tweet = decode(record(b'{"id": "a", "text": "yay", "lang": "en"}', key=b"k"), max_text_bytes=CAP)
+    value = b'{"id": "a", "text": "yay", "lang": "en"}'
+    tweet = decode(record(value, key=b"k"), max_text_bytes=CAP)
     scores = {"anger": 0.1, "joy": 0.7, "optimism": 0.15, "sadness": 0.05}
     result = ClassifiedTweet.from_scores(
         tweet, scores, ModelRef(name="m", version="1"), datetime(2026, 1, 1, tzinfo=UTC)
