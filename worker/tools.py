@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, TextIO
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
+from worker.messages import DLQ_ERROR_CLASS, DLQ_ERROR_MESSAGE
 from worker.sample_tweets import load_sample_tweets
 
 BOOTSTRAP_ENV = "EMOTION_STREAM_KAFKA_BOOTSTRAP_SERVERS"
@@ -74,8 +75,9 @@ def _strip_line_end(raw: bytes) -> bytes:
 def _key_for(tweet_id: object) -> bytes | None:
     if tweet_id is None:
         return None
-    if isinstance(tweet_id, bool) or not isinstance(tweet_id, str | int | float):
-        raise LineError(f'"id" must be a string or a number, not {type(tweet_id).__name__}')
+    # The worker accepts what JSON gives for a string or a whole number, nothing else.
+    if isinstance(tweet_id, bool) or not isinstance(tweet_id, str | int):
+        raise LineError(f'"id" must be a string or an integer, not {type(tweet_id).__name__}')
     return str(tweet_id).encode("utf-8")
 
 
@@ -134,12 +136,22 @@ def sample_records(expected_field: str = "expected") -> Iterator[OutgoingTweet]:
         )
 
 
-def format_result(value: bytes, width: int = TEXT_WIDTH) -> str:
+def format_result(
+    value: bytes, headers: Sequence[tuple[str, bytes]] = (), width: int = TEXT_WIDTH
+) -> str:
     """One readable line for one output record: label, score, id and the text, cut short.
 
-    Anything that is not a result (say, a dead letter read with ``--topic tweets.dlq``)
-    is shown as its raw value rather than dropped.
+    A dead letter (read with ``--topic tweets.dlq``) shows its error class and message
+    from the worker's ``dlq.*`` headers; anything else that is not a result is shown as
+    its raw value rather than dropped.
     """
+    context = {name: raw.decode("utf-8", errors="replace") for name, raw in headers}
+    if DLQ_ERROR_CLASS in context:
+        raw_value = value.decode("utf-8", errors="replace")
+        return (
+            f"DEAD-LETTER {context[DLQ_ERROR_CLASS]}: {context.get(DLQ_ERROR_MESSAGE, '')}"
+            f"  <- {raw_value[:width]!r}"
+        )
     try:
         result: object = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -325,7 +337,9 @@ def consume(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     break
                 value: bytes = record.value or b""
                 line = value.decode("utf-8", errors="replace") if args.json else None
-                print(line if line is not None else format_result(value), file=out, flush=True)
+                if line is None:
+                    line = format_result(value, list(record.headers or ()))
+                print(line, file=out, flush=True)
                 shown += 1
     except KeyboardInterrupt:
         return 0

@@ -56,6 +56,7 @@ def test_blank_lines_are_skipped(line: bytes) -> None:
         (b'{"text": 5}', '"text"'),
         (b'{"id": [1], "text": "hi"}', '"id"'),
         (b'{"id": true, "text": "hi"}', '"id"'),
+        (b'{"id": 1.5, "text": "hi"}', '"id"'),
         (b"caf\xe9", "UTF-8"),
     ],
 )
@@ -142,3 +143,10 @@ def test_unreachable_broker_is_one_clear_line(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert f"emotion-stream {command}: cannot reach Kafka at 127.0.0.1:1" in err
+
+
+def test_dead_letter_shows_its_error_and_original_value() -> None:
+    headers = [("dlq.error.class", b"MissingText"), ("dlq.error.message", b"no 'text' field")]
+    line = format_result(b'{"id": "x"}', headers)
+    assert line.startswith("DEAD-LETTER MissingText: no 'text' field")
+    assert '{"id": "x"}' in line
