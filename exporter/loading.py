@@ -87,14 +87,21 @@ def resolve_model(model: str, revision: str | None) -> ResolvedModel:
             snapshot_download(model, revision=revision, ignore_patterns=list(HUB_IGNORE))
         )
     except Exception as error:  # the hub raises many types (HTTP, offline, not found, OSError)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = _first_sentence(str(error))
         raise ExportError(
-            f"cannot get model {model!r} from the Hugging Face Hub ({type(error).__name__}: "
-            f"{reason[:160]}); download it elsewhere and pass its folder: --model /path/to/model"
+            f"cannot get model {model!r} from the Hugging Face Hub ({type(error).__name__}"
+            f"{': ' + reason if reason else ''}); download it elsewhere and pass its folder: "
+            "--model /path/to/model"
         ) from error
     return ResolvedModel(
         model_id=model, local_dir=snapshot, revision=revision, commit=snapshot.name
     )
+
+
+def _first_sentence(message: str, limit: int = 160) -> str:
+    """The first sentence of a (possibly multi-line) library message, for a one-line error."""
+    first = message.strip().split("\n", 1)[0].split(". ", 1)[0].strip()
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def load_model(source: ResolvedModel) -> LoadedModel:

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="no-untyped-call"
+# (transformers ships no type hints for its model and tokenizer constructors)
 """Tiny Hugging Face model + tokenizer, and a model repository exported from it.
 
 A pytest plugin (registered in ``tests/conftest.py``). The building functions are
@@ -18,10 +20,14 @@ from __future__ import annotations
 import itertools
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from emotion_stream.layout import DEFAULT_MODEL_NAME, DEFAULT_MODEL_VERSION
+
+if TYPE_CHECKING:
+    from exporter.pipeline import ExportOptions
 
 # torch, transformers and the exporter are imported inside the builders: this plugin is
 # loaded by every test session, and most sessions never build a model.
@@ -136,25 +142,33 @@ def build_tiny_model(path: Path, *, with_labels: bool = True) -> Path:
     return path
 
 
+# Random weights say nothing about fidelity: the tiny exports pass any agreement, and
+# the tests that exercise the gate set their own thresholds.
+TINY_GATE = {"min_agreement": 0.0, "max_f1_drop": 100.0}
+TINY_PARITY_SAMPLE = 64
+
+
+def tiny_export_options(model_dir: Path, repository: Path, **overrides: Any) -> ExportOptions:
+    """The options the tiny repository is exported with; ``overrides`` replace any field."""
+    from exporter.pipeline import ExportOptions  # noqa: PLC0415
+
+    fields: dict[str, Any] = {
+        "model": str(model_dir),
+        "output": repository,
+        "model_name": DEFAULT_MODEL_NAME,
+        "version": DEFAULT_MODEL_VERSION,
+        "parity_sample": TINY_PARITY_SAMPLE,
+        **TINY_GATE,
+        **overrides,
+    }
+    return ExportOptions(**fields)
+
+
 def build_tiny_model_repository(model_dir: Path, repository: Path) -> Path:
-    """Export ``model_dir`` through the exporter's real code path into ``repository``.
+    """Export ``model_dir`` through the exporter's real code path into ``repository``."""
+    from exporter.pipeline import run_export  # noqa: PLC0415
 
-    The parity gate is relaxed: random weights say nothing about fidelity, and the
-    tests that need the gate set their own thresholds.
-    """
-    from exporter.pipeline import ExportOptions, run_export  # noqa: PLC0415
-
-    options = ExportOptions(
-        model=str(model_dir),
-        output=repository,
-        model_name=DEFAULT_MODEL_NAME,
-        version=DEFAULT_MODEL_VERSION,
-        min_agreement=0.0,
-        max_f1_drop=100.0,
-        parity_sample=64,
-        benchmark_batches=1,
-    )
-    run_export(options)
+    run_export(tiny_export_options(model_dir, repository))
     return repository
 
 
