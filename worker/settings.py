@@ -50,6 +50,7 @@ class WorkerSettings(BaseSettings):
         frozen=True,
         extra="forbid",
         validate_default=True,
+        use_attribute_docstrings=True,
     )
 
     # --- Kafka -------------------------------------------------------------------

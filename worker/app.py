@@ -1,0 +1,717 @@
+"""The Worker: poll → decode → batch → tokenize → infer → publish → commit.
+
+One object with a visible lifecycle. ``run()`` acquires every resource in an
+``ExitStack`` (health server, Triton channel, inference threads, producer, consumer)
+and releases them in reverse; ``stop()`` only sets a flag (SIGTERM/SIGINT call it).
+
+Threads:
+
+- the *loop thread* (the caller of ``run()``) owns the consumer — poll, pause,
+  resume, seek and commit happen only there — and does decoding, batching,
+  tokenizing and handing results to the producer, in batch order;
+- up to ``max_in_flight_batches`` *inference threads* each wait on one Triton call,
+  so the loop polls and tokenizes the next batch while Triton works;
+- the producer's I/O thread reports acknowledgements, which mark offsets done in the
+  thread-safe :class:`~worker.offsets.CommitTracker`;
+- kafka-python's I/O thread runs the rebalance listener (while the loop thread waits
+  in ``poll()``).
+
+Failure policy, by error type: a :class:`PoisonMessage` is dead-lettered and then
+counts as done; a :class:`TransientError` keeps the batch in memory, pauses the
+partitions (polling goes on, so the group keeps us) and retries after a capped
+exponential backoff with jitter, readiness false meanwhile; a :class:`FatalError`
+ends ``run()`` with nothing committed past what was delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from worker.batching import MicroBatch, MicroBatcher, PendingTweet
+from worker.errors import (
+    FatalError,
+    InferenceRejected,
+    ModelMismatch,
+    PoisonMessage,
+    TransientError,
+    WorkerError,
+)
+from worker.inference import (
+    Classified,
+    ModelSpec,
+    Outcome,
+    TritonClassifier,
+    classify_isolating_rejects,
+    label_scores,
+)
+from worker.messages import (
+    ClassifiedTweet,
+    DeadLetter,
+    ModelRef,
+    OutboundRecord,
+    SourceRecord,
+    decode,
+    result_record,
+)
+from worker.observability import Health, HealthServer, ThroughputSummary, WorkerMetrics
+from worker.offsets import CommitTracker, Partition, Ticket
+from worker.settings import WorkerSettings
+from worker.tokenizing import EncodedBatch, TweetTokenizer
+from worker.transport import KafkaPublisher, KafkaSource
+
+log = structlog.get_logger("worker")
+
+# The loop never blocks longer than this in one poll, so stop() and due batches are
+# noticed promptly.
+IDLE_POLL_S = 0.2
+# While batches are at Triton, the loop looks for finished ones this often.
+BUSY_POLL_S = 0.005
+# On shutdown, in-flight batches get one Triton deadline to finish before being abandoned.
+FLUSH_TIMEOUT_S = 30.0
+
+
+# --- the parts a Worker is built from ----------------------------------------------
+
+
+class Source(Protocol):
+    """The input side (``worker.transport.KafkaSource`` or a test double)."""
+
+    def __enter__(self) -> Source: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def poll(self, timeout_s: float) -> list[SourceRecord]: ...
+    def assignment(self) -> set[Partition]: ...
+    @property
+    def paused(self) -> bool: ...
+    def pause_all(self) -> None: ...
+    def resume_all(self) -> None: ...
+    def seek(self, partition: Partition, offset: int) -> None: ...
+    def commit(self, offsets: dict[Partition, int]) -> bool: ...
+    def lag(self, next_offsets: dict[Partition, int]) -> dict[Partition, int]: ...
+
+
+class Publisher(Protocol):
+    """The output side (``worker.transport.KafkaPublisher`` or a test double)."""
+
+    def __enter__(self) -> Publisher: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def send(
+        self, record: OutboundRecord, on_done: Callable[[BaseException | None], None]
+    ) -> None: ...
+    def flush(self, timeout_s: float) -> bool: ...
+
+
+class Classifier(Protocol):
+    """Inference (``worker.inference.TritonClassifier`` or a test double)."""
+
+    model_name: str
+
+    def ensure_ready(self) -> None: ...
+    def load_spec(self) -> ModelSpec: ...
+    def classify(self, batch: EncodedBatch) -> Classified: ...
+    def close(self) -> None: ...
+
+
+class Tokenizer(Protocol):
+    def encode(self, texts: list[str]) -> EncodedBatch: ...
+
+
+class RebalanceAware(Protocol):
+    def on_assigned(self, partitions: set[Partition]) -> None: ...
+    def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]: ...
+    def on_lost(self, partitions: set[Partition]) -> None: ...
+
+
+SourceFactory = Callable[[WorkerSettings, RebalanceAware], Source]
+PublisherFactory = Callable[[WorkerSettings], Publisher]
+ClassifierFactory = Callable[[WorkerSettings], Classifier]
+TokenizerFactory = Callable[[WorkerSettings], Tokenizer]
+
+
+def _kafka_source(settings: WorkerSettings, handler: RebalanceAware) -> Source:
+    return KafkaSource(settings, handler)
+
+
+def _kafka_publisher(settings: WorkerSettings) -> Publisher:
+    return KafkaPublisher(settings)
+
+
+def _triton_classifier(settings: WorkerSettings) -> Classifier:
+    return TritonClassifier.connect(
+        settings.triton_url,
+        settings.model_name,
+        settings.model_version,
+        settings.triton_timeout_s,
+        ssl=settings.triton_ssl,
+        root_certificates=settings.triton_root_certificates,
+        private_key=settings.triton_private_key,
+        certificate_chain=settings.triton_certificate_chain,
+    )
+
+
+def _repository_tokenizer(settings: WorkerSettings) -> Tokenizer:
+    try:
+        return TweetTokenizer.from_directory(
+            settings.layout.tokenizer_dir, settings.max_sequence_length, settings.padding
+        )
+    except (OSError, ValueError) as exc:
+        raise FatalError(f"cannot load the tokenizer: {exc}") from exc
+
+
+# --- the loop's own bookkeeping -----------------------------------------------------
+
+
+@dataclass
+class InFlight:
+    """A batch at Triton."""
+
+    batch: MicroBatch
+    future: Future[tuple[list[Outcome], str, float]]
+    sent_at: float
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        cap = min(self.max_s, self.initial_s * 2.0 ** min(self.attempt, 60))
+        self.attempt += 1
+        # Half fixed, half random: never zero, and workers that failed together spread out.
+        return cap / 2 + self._rng.uniform(0, cap / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Worker:
+    """Consumes tweets, classifies them through Triton, publishes results; see module doc."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        source: SourceFactory = _kafka_source,
+        publisher: PublisherFactory = _kafka_publisher,
+        classifier: ClassifierFactory = _triton_classifier,
+        tokenizer: TokenizerFactory = _repository_tokenizer,
+        labels: list[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._make_source = source
+        self._make_publisher = publisher
+        self._make_classifier = classifier
+        self._make_tokenizer = tokenizer
+        self._labels = labels
+        self.metrics = WorkerMetrics()
+        self.health = Health()
+        self.tracker = CommitTracker()
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self.metrics_port: int | None = None
+        self.max_batch_size = settings.max_batch_size
+        self._log = log.bind(worker_id=settings.worker_id)
+
+        # Loop-thread state (set up by run()).
+        self._source: Source | None = None
+        self._publisher: Publisher | None = None
+        self._classifier: Classifier | None = None
+        self._tokenizer: Tokenizer | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._batcher = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000)
+        self._in_flight: deque[InFlight] = deque()
+        self._retry: deque[MicroBatch] = deque()
+        self._backoff = Backoff(settings.retry_backoff_initial_s, settings.retry_backoff_max_s)
+        self._retry_at: float | None = None
+        self._model = ModelRef(name=settings.model_name, version=settings.model_version or "?")
+        self._last_commit = 0.0
+        self._summary = ThroughputSummary(settings.log_summary_interval_s)
+        self._summary_lock = threading.Lock()
+
+        # Filled by other threads, drained by the loop thread.
+        self._publish_failures: queue.SimpleQueue[tuple[Ticket, BaseException]] = (
+            queue.SimpleQueue()
+        )
+        self._revoked: queue.SimpleQueue[set[Partition]] = queue.SimpleQueue()
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish; safe from any thread and from signal handlers."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_started(self, timeout_s: float) -> bool:
+        """True once the worker consumes (model checked, clients created)."""
+        return self._started.wait(timeout_s)
+
+    def run(self) -> None:
+        """Run until :meth:`stop`; then finish in-flight work, flush, commit, close.
+
+        Raises
+        ------
+        FatalError
+            The worker cannot work as configured (model mismatch, refused writes...).
+        """
+        s = self.settings
+        with contextlib.ExitStack() as stack:
+            if s.metrics_enabled:
+                server = stack.enter_context(
+                    HealthServer(s.metrics_host, s.metrics_port, self.metrics, self.health)
+                )
+                self.metrics_port = server.port
+            self._log.info("starting", settings=s.redacted(), metrics_port=self.metrics_port)
+            self._tokenizer = self._make_tokenizer(s)
+            labels = self._labels if self._labels is not None else self._read_labels()
+            self._classifier = self._make_classifier(s)
+            stack.callback(self._classifier.close)
+            spec = self._wait_for_model()
+            if spec is None:  # stopped while waiting
+                return
+            self._check_model(spec, labels)
+            self._labels = labels
+            self._executor = stack.enter_context(
+                ThreadPoolExecutor(s.max_in_flight_batches, thread_name_prefix="worker-infer")
+            )
+            stack.callback(self._executor.shutdown, wait=False, cancel_futures=True)
+            self._publisher = stack.enter_context(self._connect(self._make_publisher, s))
+            self._source = stack.enter_context(self._connect(self._make_source, s, self))
+            self._set_ready(True)
+            self._started.set()
+            self._log.info("consuming", topic=s.input_topic, group=s.consumer_group)
+            try:
+                while not self._stop.is_set():
+                    self._step()
+            finally:
+                self._set_ready(False, "stopping")
+            self._drain()
+        self._log.info("stopped")
+
+    # --- startup ------------------------------------------------------------------
+
+    def _read_labels(self) -> list[str]:
+        path = self.settings.layout.labels
+        try:
+            labels = self.settings.layout.read_labels()
+        except OSError as exc:
+            raise FatalError(f"cannot read the labels file {path}: {exc}") from exc
+        if not labels:
+            raise FatalError(f"the labels file {path} is empty")
+        return labels
+
+    def _wait_for_model(self) -> ModelSpec | None:
+        """Wait (backing off, stop-aware) until Triton serves the model; its spec."""
+        assert self._classifier is not None
+        backoff = Backoff(self.settings.retry_backoff_initial_s, self.settings.retry_backoff_max_s)
+        while not self._stop.is_set():
+            try:
+                self._classifier.ensure_ready()
+                return self._classifier.load_spec()
+            except TransientError as exc:
+                delay = backoff.next_delay()
+                self._set_ready(False, f"waiting for Triton: {exc}")
+                self._log.warning("waiting for model", error=str(exc), retry_in_s=round(delay, 2))
+                self.metrics.retries.labels(reason=type(exc).__name__).inc()
+                self._stop.wait(delay)
+        return None
+
+    def _check_model(self, spec: ModelSpec, labels: list[str]) -> None:
+        if spec.num_labels != len(labels):
+            raise ModelMismatch(
+                spec.name,
+                f"it outputs {spec.num_labels} logits but labels.txt lists {len(labels)} labels",
+            )
+        if 0 < spec.max_batch_size < self.settings.max_batch_size:
+            self._log.warning(
+                "max_batch_size clamped to the model's",
+                requested=self.settings.max_batch_size,
+                model_max_batch_size=spec.max_batch_size,
+            )
+            self.max_batch_size = spec.max_batch_size
+            self._batcher = MicroBatcher(spec.max_batch_size, self._batcher.max_wait_s)
+        self._log.info(
+            "model ready", model=spec.name, max_batch_size=self.max_batch_size, labels=labels
+        )
+
+    @contextlib.contextmanager
+    def _connect(self, factory: Callable[..., Any], *args: Any) -> Iterator[Any]:
+        """Enter a Kafka client, retrying transient failures until it works or we stop."""
+        backoff = Backoff(self.settings.retry_backoff_initial_s, self.settings.retry_backoff_max_s)
+        while True:
+            client = factory(*args)
+            try:
+                entered = client.__enter__()
+            except TransientError as exc:
+                if self._stop.is_set():
+                    raise FatalError(f"stopped while connecting to Kafka: {exc}") from exc
+                delay = backoff.next_delay()
+                self._set_ready(False, f"waiting for Kafka: {exc}")
+                self._log.warning("waiting for Kafka", error=str(exc), retry_in_s=round(delay, 2))
+                self._stop.wait(delay)
+                continue
+            break
+        try:
+            yield entered
+        finally:
+            client.__exit__(None, None, None)
+
+    # --- one turn of the loop -------------------------------------------------------
+
+    def _step(self) -> None:
+        self.health.beat()
+        self._forget_revoked()
+        self._handle_publish_failures()
+        self._flow_control()
+        records = self._poll()
+        self._forget_revoked()
+        self._accept(records)
+        self._dispatch()
+        self._collect()
+        self._commit()
+        self._report()
+
+    def _poll_timeout(self) -> float:
+        if self._in_flight or self._retry_at is not None:
+            return BUSY_POLL_S
+        due = self._batcher.due_in()
+        return IDLE_POLL_S if due is None else min(due, IDLE_POLL_S)
+
+    def _poll(self) -> list[SourceRecord]:
+        assert self._source is not None
+        try:
+            return self._source.poll(self._poll_timeout())
+        except TransientError as exc:
+            self._log.warning("poll failed, will retry", error=str(exc))
+            self.metrics.retries.labels(reason=type(exc).__name__).inc()
+            self._stop.wait(self._backoff.initial_s)
+            return []
+
+    def _flow_control(self) -> None:
+        """Pause while backing off or while the backlog is full; resume otherwise."""
+        assert self._source is not None
+        backlog = len(self._batcher) + sum(len(b) for b in self._retry)
+        full = backlog >= self.max_batch_size * (self.settings.max_in_flight_batches + 1)
+        if self._retry_at is not None or full:
+            self._source.pause_all()  # also pauses partitions assigned since
+        elif self._source.paused:
+            self._source.resume_all()
+
+    def _accept(self, records: list[SourceRecord]) -> None:
+        """Decode each record: tweets wait for a batch, poison goes to the DLQ."""
+        now = time.monotonic()
+        for record in records:
+            ticket = self.tracker.track((record.topic, record.partition), record.offset)
+            self.metrics.consumed.inc()
+            with self._summary_lock:
+                self._summary.consumed += 1
+            try:
+                tweet = decode(record, max_text_bytes=self.settings.max_text_bytes)
+            except PoisonMessage as poison:
+                self._dead_letter(record, poison, ticket)
+                continue
+            self._batcher.add(PendingTweet(tweet=tweet, ticket=ticket, consumed_at=now))
+
+    def _dispatch(self) -> None:
+        """Tokenize and send batches while there is room in flight."""
+        now = time.monotonic()
+        while len(self._in_flight) < self.settings.max_in_flight_batches:
+            if self._retry_at is not None:
+                # Backing off: one probe batch at a time, when the wait is over.
+                if self._in_flight or now < self._retry_at or not self._retry:
+                    return
+                self._send(self._retry.popleft())
+                return
+            batch = self._retry.popleft() if self._retry else self._batcher.take()
+            if batch is None:
+                return
+            self._send(batch)
+
+    def _send(self, batch: MicroBatch) -> None:
+        assert self._tokenizer is not None and self._executor is not None
+        encoded = self._tokenizer.encode(batch.texts)
+        future = self._executor.submit(self._infer, encoded)
+        self._in_flight.append(InFlight(batch, future, time.monotonic()))
+        self.metrics.in_flight_batches.set(len(self._in_flight))
+
+    def _infer(self, encoded: EncodedBatch) -> tuple[list[Outcome], str, float]:
+        """Runs on an inference thread."""
+        assert self._classifier is not None
+        started = time.perf_counter()
+        outcomes, version = classify_isolating_rejects(self._classifier.classify, encoded)
+        return outcomes, version, time.perf_counter() - started
+
+    def _collect(self) -> None:
+        """Publish finished batches, strictly in the order they were sent."""
+        while self._in_flight and self._in_flight[0].future.done():
+            head = self._in_flight.popleft()
+            self.metrics.in_flight_batches.set(len(self._in_flight))
+            try:
+                outcomes, version, seconds = head.future.result()
+            except TransientError as exc:
+                self._back_off(head, exc)
+                return
+            except WorkerError:
+                raise
+            except Exception as exc:  # a bug, not a policy: stop loudly, commit nothing more
+                raise FatalError(f"inference failed unexpectedly: {exc!r}") from exc
+            if self._retry_at is not None:
+                self._recovered()
+            self._publish(head.batch, outcomes, version, seconds)
+
+    def _back_off(self, failed: InFlight, error: TransientError) -> None:
+        """Keep the failed batch and every later one in memory, in order; retry later."""
+        later = [entry.batch for entry in self._in_flight]
+        self._in_flight.clear()  # their threads finish on their own; results are dropped
+        self.metrics.in_flight_batches.set(0)
+        self._retry.extendleft(reversed([failed.batch, *later]))
+        delay = self._backoff.next_delay()
+        self._retry_at = time.monotonic() + delay
+        self.metrics.retries.labels(reason=type(error).__name__).inc()
+        if self._set_ready(False, f"backing off: {error}"):
+            self._log.warning(
+                "inference unavailable, backing off",
+                error=str(error),
+                held_batches=len(self._retry),
+                retry_in_s=round(delay, 2),
+            )
+        else:
+            self._log.info("still unavailable", error=str(error), retry_in_s=round(delay, 2))
+        self._flow_control()
+
+    def _recovered(self) -> None:
+        self._retry_at = None
+        self._backoff.reset()
+        self._set_ready(True)
+        self._log.info("inference recovered", held_batches=len(self._retry))
+
+    def _publish(
+        self, batch: MicroBatch, outcomes: list[Outcome], version: str, seconds: float
+    ) -> None:
+        assert self._labels is not None
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.inference_latency.observe(seconds)
+        model = ModelRef(name=self.settings.model_name, version=version or self._model.version)
+        self._model = model
+        processed_at = datetime.now(UTC)
+        rejected = 0
+        for item, outcome in zip(batch.items, outcomes, strict=True):
+            if not self.tracker.is_current(item.ticket):
+                continue  # partition revoked or rewound: its new reader will redo this
+            if isinstance(outcome, InferenceRejected):
+                rejected += 1
+                self._dead_letter(item.tweet.source, outcome, item.ticket)
+                continue
+            result = ClassifiedTweet.from_scores(
+                item.tweet, label_scores(outcome, self._labels), model, processed_at
+            )
+            self._send_result(item, result)
+        with self._summary_lock:
+            self._summary.batches += 1
+        self._log.debug(
+            "batch",
+            size=len(batch),
+            rejected=rejected,
+            inference_ms=round(seconds * 1000, 1),
+            model_version=version,
+        )
+
+    def _send_result(self, item: PendingTweet, result: ClassifiedTweet) -> None:
+        assert self._publisher is not None
+        record = result_record(self.settings.output_topic, item.tweet, result)
+        consumed_at = item.consumed_at
+
+        def acknowledged(error: BaseException | None) -> None:  # producer thread
+            if error is not None:
+                self._publish_failures.put((item.ticket, error))
+                return
+            self.tracker.done(item.ticket)
+            self.metrics.published.inc()
+            self.metrics.end_to_end_latency.observe(time.monotonic() - consumed_at)
+            with self._summary_lock:
+                self._summary.published += 1
+
+        self._publisher.send(record, acknowledged)
+
+    def _dead_letter(self, record: SourceRecord, error: PoisonMessage, ticket: Ticket) -> None:
+        assert self._publisher is not None
+        letter = DeadLetter(record=record, error=error, worker_id=self.settings.worker_id)
+        self._log.info(
+            "dead-lettered",
+            error_class=letter.error_class,
+            error=str(error)[:200],
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+
+        def acknowledged(failure: BaseException | None) -> None:  # producer thread
+            if failure is not None:
+                self._publish_failures.put((ticket, failure))
+                return
+            self.tracker.done(ticket)
+            self.metrics.dead_lettered.labels(error_class=letter.error_class).inc()
+            with self._summary_lock:
+                self._summary.dead_lettered += 1
+
+        self._publisher.send(letter.to_record(self.settings.dlq_topic), acknowledged)
+
+    def _handle_publish_failures(self) -> None:
+        """A send that failed: re-read its partition from the watermark, or stop."""
+        rewound: set[Partition] = set()
+        while True:
+            try:
+                ticket, error = self._publish_failures.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(error, TransientError):
+                raise error if isinstance(error, WorkerError) else FatalError(str(error))
+            if ticket.partition in rewound or not self.tracker.is_current(ticket):
+                continue
+            rewound.add(ticket.partition)
+            offset = self.tracker.rewind(ticket.partition)
+            self.metrics.retries.labels(reason=type(error).__name__).inc()
+            self._log.warning(
+                "publish failed, re-reading partition",
+                error=str(error),
+                partition=ticket.partition,
+                from_offset=offset,
+            )
+            self._drop_waiting({ticket.partition})
+            if offset is not None and self._source is not None:
+                self._source.seek(ticket.partition, offset)
+
+    # --- rebalance (called on kafka-python's I/O thread, inside poll) -----------------
+
+    def on_assigned(self, partitions: set[Partition]) -> None:
+        self._log.info("partitions assigned", partitions=sorted(partitions))
+
+    def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]:
+        complete = {p: o for p, o in self.tracker.committable().items() if p in partitions}
+        self.tracker.forget(partitions)
+        self._revoked.put(set(partitions))
+        self._log.info("partitions revoked", partitions=sorted(partitions), committing=complete)
+        return complete
+
+    def on_lost(self, partitions: set[Partition]) -> None:
+        self.tracker.forget(partitions)
+        self._revoked.put(set(partitions))
+        self._log.warning("partitions lost", partitions=sorted(partitions))
+
+    def _forget_revoked(self) -> None:
+        gone: set[Partition] = set()
+        while True:
+            try:
+                gone |= self._revoked.get_nowait()
+            except queue.Empty:
+                break
+        if gone:
+            self._drop_waiting(gone)
+
+    def _drop_waiting(self, partitions: set[Partition]) -> None:
+        """Forget tweets of partitions we no longer read (in-flight ones are skipped later)."""
+        dropped = self._batcher.drop(partitions)
+        kept: deque[MicroBatch] = deque()
+        for batch in self._retry:
+            items = tuple(i for i in batch.items if i.ticket.partition not in partitions)
+            dropped += len(batch) - len(items)
+            if items:
+                kept.append(MicroBatch(items))
+        self._retry = kept
+        if dropped:
+            self._log.info("dropped unprocessed tweets", count=dropped)
+
+    # --- commit, report, drain ----------------------------------------------------
+
+    def _commit(self, *, force: bool = False) -> None:
+        assert self._source is not None
+        now = time.monotonic()
+        if not force and now - self._last_commit < self.settings.commit_interval_ms / 1000:
+            return
+        self._last_commit = now
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        try:
+            if self._source.commit(offsets):
+                self.tracker.committed(offsets)
+                self.metrics.commits.inc()
+            else:
+                self._log.warning("commit rejected: the group rebalanced", offsets=offsets)
+        except TransientError as exc:
+            self.metrics.retries.labels(reason=type(exc).__name__).inc()
+            self._log.warning("commit failed, will retry", error=str(exc))
+
+    def _report(self) -> None:
+        if not self._summary.due():
+            return
+        assert self._source is not None
+        with contextlib.suppress(Exception):  # lag is informative; never fail the loop on it
+            for (topic, partition), lag in self._source.lag(self.tracker.next_offsets()).items():
+                self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        with self._summary_lock:
+            self._summary.emit(
+                self._log,
+                pending=self.tracker.pending_count(),
+                waiting=len(self._batcher),
+                in_flight=len(self._in_flight),
+                held_for_retry=sum(len(b) for b in self._retry),
+                ready=self.health.ready,
+            )
+
+    def _drain(self) -> None:
+        """Publish what Triton finishes soon, abandon the rest uncommitted, flush, commit."""
+        deadline = time.monotonic() + min(self.settings.triton_timeout_s, FLUSH_TIMEOUT_S)
+        abandoned = len(self._batcher) + sum(len(b) for b in self._retry)
+        while self._in_flight and self._retry_at is None:
+            head = self._in_flight[0]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(Exception):
+                head.future.exception(timeout=remaining)
+            if not head.future.done():
+                break
+            try:
+                self._collect()
+            except WorkerError as exc:
+                self._log.warning("in-flight batch abandoned on shutdown", error=str(exc))
+                break
+        abandoned += sum(len(entry.batch) for entry in self._in_flight)
+        self._in_flight.clear()
+        assert self._publisher is not None
+        flushed = self._publisher.flush(FLUSH_TIMEOUT_S)
+        with contextlib.suppress(WorkerError):
+            self._handle_publish_failures()
+        self._commit(force=True)
+        self._log.info(
+            "drained",
+            flushed=flushed,
+            abandoned_uncommitted=abandoned,
+            still_pending=self.tracker.pending_count(),
+        )
+
+    def _set_ready(self, ready: bool, reason: str = "") -> bool:
+        changed = self.health.set_ready(ready, reason)
+        self.metrics.ready.set(1 if ready else 0)
+        if changed:
+            self._log.info("readiness", ready=ready, reason=self.health.reason)
+        return changed

@@ -1,0 +1,159 @@
+"""Which offsets may be committed: the per-partition watermark below which all is done.
+
+A consumed offset is *done* when its result or its dead letter has been acknowledged
+by the broker. Results are acknowledged out of order (a dead letter goes out at once,
+a result after inference; batches may finish in any order), so the tracker keeps, per
+partition, the offsets still pending in consumption order. The commit watermark is the
+first pending offset — or one past the last consumed offset when none is pending. It
+never passes a gap.
+
+Acknowledgements arrive on the producer's I/O thread while the main thread consumes
+and commits, so every method takes one lock. Each partition's state carries an
+*epoch*: forgetting a partition (revocation, rewind after a failed publish) starts a
+new epoch, and late acknowledgements from the old one are ignored, so they can never
+move a watermark the worker no longer owns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+Partition = tuple[str, int]
+"""(topic, partition): the worker's own partition type, free of any Kafka client type."""
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Proof of consumption: where a record came from and in which epoch."""
+
+    partition: Partition
+    offset: int
+    epoch: int
+
+
+@dataclass
+class _PartitionState:
+    epoch: int
+    # [offset, done] in consumption order; the head is the oldest not yet popped.
+    pending: deque[list[int | bool]] = field(default_factory=deque)
+    by_offset: dict[int, list[int | bool]] = field(default_factory=dict)
+    # One past the last offset popped from ``pending``: the watermark when none is pending.
+    done_below: int | None = None
+    last_consumed: int | None = None
+    committed: int | None = None
+
+    def watermark(self) -> int | None:
+        if self.pending:
+            return int(self.pending[0][0])
+        return self.done_below
+
+
+class CommitTracker:
+    """Per partition, the highest offset below which every record is published or
+    dead-lettered."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._partitions: dict[Partition, _PartitionState] = {}
+        self._epochs = itertools.count(1)
+
+    def track(self, partition: Partition, offset: int) -> Ticket:
+        """Record that ``offset`` was consumed; it is pending until :meth:`done`."""
+        with self._lock:
+            state = self._partitions.get(partition)
+            if state is None:
+                state = self._partitions[partition] = _PartitionState(epoch=next(self._epochs))
+            elif state.last_consumed is not None and offset <= state.last_consumed:
+                # The consumer went back (a seek, an offset reset): what was pending will be
+                # read again, so start over from here; the old epoch's acks no longer count.
+                state = self._partitions[partition] = _PartitionState(
+                    epoch=next(self._epochs), committed=state.committed
+                )
+            entry: list[int | bool] = [offset, False]
+            state.pending.append(entry)
+            state.by_offset[offset] = entry
+            state.last_consumed = offset
+            return Ticket(partition, offset, state.epoch)
+
+    def done(self, ticket: Ticket) -> bool:
+        """Mark the ticket's record published or dead-lettered. False if it is stale."""
+        with self._lock:
+            state = self._partitions.get(ticket.partition)
+            if state is None or state.epoch != ticket.epoch:
+                return False
+            entry = state.by_offset.pop(ticket.offset, None)
+            if entry is None:
+                return False
+            entry[1] = True
+            while state.pending and state.pending[0][1]:
+                state.done_below = int(state.pending.popleft()[0]) + 1
+            return True
+
+    def is_current(self, ticket: Ticket) -> bool:
+        """False once the ticket's partition was forgotten or rewound."""
+        with self._lock:
+            state = self._partitions.get(ticket.partition)
+            return state is not None and state.epoch == ticket.epoch
+
+    def committable(self) -> dict[Partition, int]:
+        """Offsets to commit now: each partition's watermark, where it passed the last commit."""
+        with self._lock:
+            ready = {}
+            for partition, state in self._partitions.items():
+                mark = state.watermark()
+                if mark is not None and (state.committed is None or mark > state.committed):
+                    ready[partition] = mark
+            return ready
+
+    def committed(self, offsets: dict[Partition, int]) -> None:
+        """Note that ``offsets`` were committed (partitions forgotten since are skipped)."""
+        with self._lock:
+            for partition, offset in offsets.items():
+                state = self._partitions.get(partition)
+                if state is not None and (state.committed is None or offset > state.committed):
+                    state.committed = offset
+
+    def forget(self, partitions: list[Partition] | set[Partition]) -> None:
+        """Drop partitions (revoked or lost); their late acknowledgements are ignored."""
+        with self._lock:
+            for partition in partitions:
+                self._partitions.pop(partition, None)
+
+    def rewind(self, partition: Partition) -> int | None:
+        """Forget a partition's pending records and return the offset to re-read from.
+
+        Used when a publish failed: the records from the watermark on are consumed again
+        (a new epoch), so nothing after a gap is ever committed.
+        """
+        with self._lock:
+            state = self._partitions.pop(partition, None)
+            if state is None:
+                return None
+            mark = state.watermark()
+            if mark is not None:
+                fresh = _PartitionState(epoch=next(self._epochs), committed=state.committed)
+                fresh.done_below = mark
+                fresh.last_consumed = mark - 1
+                self._partitions[partition] = fresh
+            return mark
+
+    def pending_count(self) -> int:
+        """Records consumed and not yet done, over all partitions."""
+        with self._lock:
+            return sum(len(state.by_offset) for state in self._partitions.values())
+
+    def next_offsets(self) -> dict[Partition, int]:
+        """One past the last consumed offset of each partition (for the consumer-lag gauge)."""
+        with self._lock:
+            return {
+                partition: state.last_consumed + 1
+                for partition, state in self._partitions.items()
+                if state.last_consumed is not None
+            }
+
+    def partitions(self) -> set[Partition]:
+        with self._lock:
+            return set(self._partitions)

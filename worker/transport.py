@@ -1,0 +1,270 @@
+"""Thin Kafka wrappers: the only module that imports ``kafka``.
+
+:class:`KafkaSource` consumes (poll, pause/resume, seek, commit — all from the one
+thread that runs the worker's loop, since kafka-python's consumer is not
+thread-safe) and turns records into :class:`~worker.messages.SourceRecord`.
+:class:`KafkaPublisher` sends :class:`~worker.messages.OutboundRecord` with
+``acks=all`` and reports each acknowledgement through a callback. Kafka errors are
+translated once, here: retriable ones become :class:`BrokerUnavailable`, others
+:class:`FatalError`.
+
+Rebalances: kafka-python 3 runs rebalance listeners on its I/O thread while the
+caller is inside ``poll()``. The listener here is asynchronous so the revocation
+commit can be *awaited* on that loop (a blocking commit from the I/O thread would
+deadlock), and so the commit is done before the partitions are handed over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import kafka
+import kafka.errors
+from kafka import TopicPartition
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+
+from worker.errors import BrokerUnavailable, FatalError, WorkerError
+from worker.messages import OutboundRecord, SourceRecord
+from worker.offsets import Partition
+from worker.settings import WorkerSettings
+
+# The worker finishes a batch's sends and commits within a loop iteration; a metadata
+# lookup for a missing topic must not block the loop for kafka-python's default 60 s.
+PRODUCER_MAX_BLOCK_MS = 10_000
+COMMIT_TIMEOUT_MS = 10_000
+# Lets a few records arrive together and leave together without delaying a result much.
+PRODUCER_LINGER_MS = 5
+
+
+def translate_kafka_error(exc: BaseException, operation: str) -> WorkerError:
+    """The worker error for an exception from kafka-python."""
+    if isinstance(exc, WorkerError):
+        return exc
+    if isinstance(exc, kafka.errors.KafkaError) and exc.retriable:
+        return BrokerUnavailable(operation, str(exc))
+    if isinstance(exc, kafka.errors.KafkaError | OSError):
+        if isinstance(exc, OSError):
+            return BrokerUnavailable(operation, str(exc))
+        return FatalError(f"Kafka {operation} failed: {exc}")
+    return FatalError(f"Kafka {operation} failed unexpectedly: {exc!r}")
+
+
+def _partition(tp: Any) -> Partition:
+    return (str(tp.topic), int(tp.partition))
+
+
+class RebalanceHandler(Protocol):
+    """What the worker does when partitions move."""
+
+    def on_assigned(self, partitions: set[Partition]) -> None: ...
+
+    def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]:
+        """Forget the partitions; return the offsets that are complete and may be committed."""
+        ...
+
+    def on_lost(self, partitions: set[Partition]) -> None: ...
+
+
+class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource, handler: RebalanceHandler) -> None:
+        self._source = source
+        self._handler = handler
+
+    async def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
+        partitions = {_partition(tp) for tp in revoked}
+        offsets = self._handler.on_revoked(partitions)
+        if offsets:
+            await self._source.commit_from_listener(offsets)
+
+    async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
+        self._handler.on_assigned({_partition(tp) for tp in assigned})
+
+    async def on_partitions_lost(self, lost: Iterable[Any]) -> None:
+        # The group has moved on: a commit would be rejected, and must not be tried.
+        self._handler.on_lost({_partition(tp) for tp in lost})
+
+
+def _offsets(offsets: dict[Partition, int]) -> dict[Any, Any]:
+    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+
+
+class KafkaSource:
+    """The input topic's consumer, in the worker's group; a context manager."""
+
+    def __init__(self, settings: WorkerSettings, handler: RebalanceHandler) -> None:
+        self._settings = settings
+        self._handler = handler
+        self._consumer: Any = None
+        self._paused = False
+        self.on_commit_error: Callable[[Exception], None] | None = None
+
+    def __enter__(self) -> KafkaSource:
+        s = self._settings
+        try:
+            self._consumer = kafka.KafkaConsumer(
+                bootstrap_servers=s.kafka_bootstrap_servers.split(","),
+                group_id=s.consumer_group,
+                client_id=f"{s.worker_id}-consumer",
+                enable_auto_commit=False,
+                auto_offset_reset=s.auto_offset_reset,
+                # One poll never brings more than a batch or two: the backlog stays small
+                # and pausing takes effect at once.
+                max_poll_records=max(s.max_batch_size, 1) * 2,
+                max_poll_interval_ms=s.max_poll_interval_ms,
+                **s.kafka_security(),
+            )
+            self._consumer.subscribe([s.input_topic], listener=_Listener(self, self._handler))
+        except Exception as exc:
+            self._close()
+            raise translate_kafka_error(exc, "consumer start") from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.close(autocommit=False)
+            self._consumer = None
+
+    def poll(self, timeout_s: float) -> list[SourceRecord]:
+        """Records since the last poll, in offset order per partition."""
+        try:
+            batches = self._consumer.poll(timeout_ms=max(0, int(timeout_s * 1000)))
+        except Exception as exc:
+            raise translate_kafka_error(exc, "poll") from exc
+        return [SourceRecord.from_kafka(r) for records in batches.values() for r in records]
+
+    def assignment(self) -> set[Partition]:
+        return {_partition(tp) for tp in self._consumer.assignment()}
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause_all(self) -> None:
+        """Pause every assigned partition (polls keep the group membership alive)."""
+        assigned = self._consumer.assignment()
+        newly = set(assigned) - set(self._consumer.paused())
+        if newly:
+            self._consumer.pause(*newly)
+        self._paused = True
+
+    def resume_all(self) -> None:
+        paused = self._consumer.paused()
+        if paused:
+            self._consumer.resume(*paused)
+        self._paused = False
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        self._consumer.seek(TopicPartition(*partition), offset)
+
+    def commit(self, offsets: dict[Partition, int]) -> bool:
+        """Commit synchronously; False when the group moved on (rebalance) meanwhile.
+
+        Raises
+        ------
+        BrokerUnavailable
+            Retriable: try again later.
+        FatalError
+            E.g. not authorized for the group.
+        """
+        if not offsets:
+            return True
+        try:
+            self._consumer.commit(offsets=_offsets(offsets), timeout_ms=COMMIT_TIMEOUT_MS)
+        except (
+            kafka.errors.CommitFailedError,
+            kafka.errors.IllegalGenerationError,
+            kafka.errors.UnknownMemberIdError,
+            kafka.errors.RebalanceInProgressError,
+        ):
+            return False
+        except Exception as exc:
+            raise translate_kafka_error(exc, "commit") from exc
+        return True
+
+    async def commit_from_listener(self, offsets: dict[Partition, int]) -> None:
+        """Commit from inside the rebalance listener, on kafka-python's I/O loop."""
+        coordinator = self._consumer._coordinator
+        try:
+            # kafka-python 3.0's awaitable form of commit(); the public one would block
+            # the I/O thread on itself. Pinned in pyproject.toml.
+            await coordinator._commit_offsets_sync_async(_offsets(offsets), COMMIT_TIMEOUT_MS)
+        except Exception as exc:  # the new owner re-reads from the last commit
+            if self.on_commit_error is not None:
+                self.on_commit_error(exc)
+
+    def lag(self, next_offsets: dict[Partition, int]) -> dict[Partition, int]:
+        """Records behind the high watermark, for partitions whose watermark is known."""
+        lag = {}
+        for partition, position in next_offsets.items():
+            high = self._consumer.highwater(TopicPartition(*partition))
+            if high is not None:
+                lag[partition] = max(0, int(high) - position)
+        return lag
+
+
+AckCallback = Callable[[BaseException | None], None]
+
+
+class KafkaPublisher:
+    """One idempotent producer for results and dead letters; flushes on exit."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self._settings = settings
+        self._producer: Any = None
+
+    def __enter__(self) -> KafkaPublisher:
+        s = self._settings
+        try:
+            self._producer = kafka.KafkaProducer(
+                bootstrap_servers=s.kafka_bootstrap_servers.split(","),
+                client_id=f"{s.worker_id}-producer",
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=PRODUCER_LINGER_MS,
+                max_block_ms=PRODUCER_MAX_BLOCK_MS,
+                **s.kafka_security(),
+            )
+        except Exception as exc:
+            raise translate_kafka_error(exc, "producer start") from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                self._producer.flush(timeout=PRODUCER_MAX_BLOCK_MS / 1000)
+            with contextlib.suppress(Exception):
+                self._producer.close(timeout=5)
+            self._producer = None
+
+    def send(self, record: OutboundRecord, on_done: AckCallback) -> None:
+        """Send; ``on_done(None)`` once acknowledged by all in-sync replicas, else
+        ``on_done(error)`` (a :class:`WorkerError`). May run on the producer's thread."""
+        try:
+            future = self._producer.send(
+                record.topic,
+                value=record.value,
+                key=record.key,
+                headers=list(record.headers),
+            )
+        except Exception as exc:
+            on_done(translate_kafka_error(exc, f"send to {record.topic}"))
+            return
+        future.add_callback(lambda _metadata: on_done(None))
+        future.add_errback(
+            lambda exc: on_done(translate_kafka_error(exc, f"send to {record.topic}"))
+        )
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait for every send to be acknowledged or failed; False on timeout."""
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except kafka.errors.KafkaTimeoutError:
+            return False
+        return True
