@@ -46,6 +46,9 @@ class _PartitionState:
     committed: int | None = None
 
     def watermark(self) -> int | None:
+        """None until something was done: committing the first pending offset says nothing."""
+        if self.done_below is None:
+            return None
         if self.pending:
             return int(self.pending[0][0])
         return self.done_below

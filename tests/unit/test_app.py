@@ -1,0 +1,394 @@
+"""The Worker's loop with in-memory parts: every offset ends as a result or a dead letter,
+commits never pass undelivered work, transient failures hold records without loss."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from worker.app import Backoff, Worker
+from worker.errors import InferenceRejected, InferenceUnavailable, ModelMismatch
+from worker.inference import Classified, ModelSpec, softmax
+from worker.messages import OutboundRecord, SourceRecord
+from worker.offsets import Partition
+from worker.settings import WorkerSettings
+from worker.tokenizing import EncodedBatch
+
+LABELS = ["anger", "joy", "optimism", "sadness"]
+POISON_TOKEN = 666
+DEADLINE_S = 20.0
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+class FakeSource:
+    def __init__(self, records: dict[Partition, list[SourceRecord]], per_poll: int = 7) -> None:
+        self.records = records
+        self.position = {p: 0 for p in records}
+        self.per_poll = per_poll
+        self._paused = False
+        self.commits: list[dict[Partition, int]] = []
+        self.paused_polls = 0
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> FakeSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def revoke(self, worker: Worker, partition: Partition) -> dict[Partition, int]:
+        """As kafka-python does: inside poll, the listener runs, the partition goes."""
+        with self.lock:
+            complete = worker.on_revoked({partition})
+            del self.records[partition]
+            return complete
+
+    def poll(self, timeout_s: float) -> list[SourceRecord]:
+        with self.lock:
+            return self._poll(timeout_s)
+
+    def _poll(self, timeout_s: float) -> list[SourceRecord]:
+        if self._paused:
+            self.paused_polls += 1
+            time.sleep(min(timeout_s, 0.001))
+            return []
+        out: list[SourceRecord] = []
+        for partition, records in self.records.items():
+            start = self.position[partition]
+            chunk = records[start : start + self.per_poll]
+            self.position[partition] = start + len(chunk)
+            out.extend(chunk)
+        if not out:
+            time.sleep(min(timeout_s, 0.001))
+        return out
+
+    def assignment(self) -> set[Partition]:
+        return set(self.records)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause_all(self) -> None:
+        self._paused = True
+
+    def resume_all(self) -> None:
+        self._paused = False
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        self.position[partition] = offset
+
+    def commit(self, offsets: dict[Partition, int]) -> bool:
+        self.commits.append(dict(offsets))
+        return True
+
+    def committed(self) -> dict[Partition, int]:
+        merged: dict[Partition, int] = {}
+        for commit in self.commits:
+            merged.update(commit)
+        return merged
+
+    def lag(self, next_offsets: dict[Partition, int]) -> dict[Partition, int]:
+        return {}
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.sent: list[OutboundRecord] = []
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> FakePublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def send(self, record: OutboundRecord, on_done: Callable[[BaseException | None], None]) -> None:
+        with self.lock:
+            self.sent.append(record)
+        on_done(None)
+
+    def flush(self, timeout_s: float) -> bool:
+        return True
+
+    def on(self, topic: str) -> list[OutboundRecord]:
+        with self.lock:
+            return [r for r in self.sent if r.topic == topic]
+
+
+class FakeTokenizer:
+    def encode(self, texts: list[str]) -> EncodedBatch:
+        ids = np.array(
+            [[POISON_TOKEN if "POISON" in t else len(t), 1, 2] for t in texts], dtype=np.int64
+        )
+        return EncodedBatch(ids, np.ones_like(ids))
+
+
+class FakeClassifier:
+    model_name = "emotion-classifier"
+
+    def __init__(self, max_batch_size: int = 64, failures: int = 0) -> None:
+        self.max_batch_size = max_batch_size
+        self.failures = failures
+        self.batch_sizes: list[int] = []
+        self.lock = threading.Lock()
+
+    def ensure_ready(self) -> None:
+        pass
+
+    def load_spec(self) -> ModelSpec:
+        return ModelSpec("emotion-classifier", self.max_batch_size, {}, len(LABELS))
+
+    def classify(self, batch: EncodedBatch) -> Classified:
+        with self.lock:
+            if self.failures > 0:
+                self.failures -= 1
+                raise InferenceUnavailable("StatusCode.UNAVAILABLE", "down for a moment")
+            self.batch_sizes.append(len(batch))
+        if (batch.input_ids[:, 0] == POISON_TOKEN).any():
+            raise InferenceRejected("StatusCode.INVALID_ARGUMENT", "bad input")
+        logits = np.stack([batch.input_ids[:, 0] % k for k in (2, 3, 5, 7)], axis=1)
+        return Classified(softmax(logits.astype(np.float32)), "1")
+
+    def close(self) -> None:
+        pass
+
+
+def record(
+    partition: int, offset: int, value: bytes | None, key: bytes | None = None
+) -> SourceRecord:
+    return SourceRecord("tweets", partition, offset, 1_700_000_000_000 + offset, key, value)
+
+
+def settings(**overrides: Any) -> WorkerSettings:
+    base: dict[str, Any] = {
+        "metrics_port": -1,
+        "max_batch_size": 8,
+        "max_batch_wait_ms": 5,
+        "commit_interval_ms": 0,
+        "retry_backoff_initial_s": 0.01,
+        "retry_backoff_max_s": 0.05,
+        "worker_id": "test-worker",
+    }
+    return WorkerSettings(**{**base, **overrides})
+
+
+class Harness:
+    def __init__(self, worker: Worker, source: FakeSource, publisher: FakePublisher) -> None:
+        self.worker, self.source, self.publisher = worker, source, publisher
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def outputs(self) -> list[dict[str, Any]]:
+        return [json.loads(r.value or b"") for r in self.publisher.on("emotions")]
+
+    def dead_letters(self) -> list[OutboundRecord]:
+        return self.publisher.on("tweets.dlq")
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.thread.join(DEADLINE_S)
+        assert not self.thread.is_alive()
+        if self.error:
+            raise self.error
+
+
+@pytest.fixture
+def run_worker() -> Iterator[Callable[..., Harness]]:
+    harnesses: list[Harness] = []
+
+    def start(
+        records: dict[Partition, list[SourceRecord]],
+        classifier: FakeClassifier | None = None,
+        **overrides: Any,
+    ) -> Harness:
+        source, publisher = FakeSource(records), FakePublisher()
+        worker = Worker(
+            settings(**overrides),
+            source=lambda s, handler: source,
+            publisher=lambda s: publisher,
+            classifier=lambda s: classifier or FakeClassifier(),
+            tokenizer=lambda s: FakeTokenizer(),
+            labels=LABELS,
+        )
+        harness = Harness(worker, source, publisher)
+        harness.thread.start()
+        harnesses.append(harness)
+        return harness
+
+    yield start
+    for harness in harnesses:
+        harness.worker.stop()
+        harness.thread.join(DEADLINE_S)
+
+
+def tweets(partition: int, count: int, start: int = 0) -> list[SourceRecord]:
+    return [
+        record(
+            partition,
+            start + i,
+            json.dumps(
+                {"id": f"p{partition}-{start + i}", "text": f"tweet {i}" * (i % 4 + 1)}
+            ).encode(),
+            key=f"user{i % 3}".encode(),
+        )
+        for i in range(count)
+    ]
+
+
+def test_every_tweet_gets_one_result_in_order_and_offsets_are_committed(run_worker: Any) -> None:
+    h = run_worker({("tweets", 0): tweets(0, 40), ("tweets", 1): tweets(1, 25)})
+    wait_for(lambda: len(h.outputs()) == 65, "65 results")
+    wait_for(lambda: h.source.committed() == {("tweets", 0): 40, ("tweets", 1): 25}, "commits")
+    h.stop()
+    outputs = h.outputs()
+    for partition, count in ((0, 40), (1, 25)):
+        offsets = [o["source"]["offset"] for o in outputs if o["source"]["partition"] == partition]
+        assert offsets == list(range(count))  # published in consumption order
+    for output in outputs:
+        assert output["id"] == f"p{output['source']['partition']}-{output['source']['offset']}"
+        assert sum(output["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert list(output["scores"]) == LABELS
+        assert output["label"] in LABELS
+        assert output["model"] == {"name": "emotion-classifier", "version": "1"}
+    assert not h.dead_letters()
+
+
+def test_poison_is_dead_lettered_and_committed_past(run_worker: Any) -> None:
+    values: list[bytes | None] = [
+        b'{"id": "a", "text": "fine"}',
+        None,
+        b"\xff\xfe",
+        b"   ",
+        b'{"id": "b"}',
+        b"x" * 200,
+        b'{"id": "c", "text": "POISON for the model"}',
+        b'"a json string"',
+        b"plain text line",
+    ]
+    records = [record(0, i, v, key=b"k") for i, v in enumerate(values)]
+    h = run_worker({("tweets", 0): records}, max_text_bytes=100)
+    wait_for(lambda: len(h.outputs()) + len(h.dead_letters()) == len(values), "all done")
+    wait_for(lambda: h.source.committed() == {("tweets", 0): len(values)}, "commit past poison")
+    h.stop()
+    assert [o["text"] for o in h.outputs()] == ["fine", "a json string", "plain text line"]
+    classes = {
+        int(dict(d.headers)["dlq.source.offset"]): dict(d.headers)["dlq.error.class"].decode()
+        for d in h.dead_letters()
+    }
+    assert classes == {
+        1: "NullValue",
+        2: "InvalidUtf8",
+        3: "EmptyText",
+        4: "MissingText",
+        5: "TextTooLarge",
+        6: "InferenceRejected",
+    }
+    rejected = next(d for d in h.dead_letters() if dict(d.headers)["dlq.source.offset"] == b"6")
+    assert rejected.value == values[6] and rejected.key == b"k"
+    assert dict(rejected.headers)["dlq.worker.id"] == b"test-worker"
+
+
+def test_transient_failures_hold_records_without_loss_or_dead_letters(run_worker: Any) -> None:
+    classifier = FakeClassifier(failures=4)
+    h = run_worker({("tweets", 0): tweets(0, 30)}, classifier=classifier)
+    wait_for(lambda: len(h.outputs()) == 30, "30 results after recovery")
+    wait_for(lambda: h.source.committed() == {("tweets", 0): 30}, "commit")
+    h.stop()
+    assert not h.dead_letters()
+    assert [o["source"]["offset"] for o in h.outputs()] == list(range(30))
+    assert h.worker.metrics.retries.labels(reason="InferenceUnavailable")._value.get() == 4
+
+
+def test_backing_off_pauses_consumption_and_readiness(run_worker: Any) -> None:
+    classifier = FakeClassifier(failures=10**9)
+    h = run_worker(
+        {("tweets", 0): tweets(0, 20)},
+        classifier=classifier,
+        retry_backoff_initial_s=0.01,
+        retry_backoff_max_s=0.02,
+    )
+    wait_for(lambda: h.source.paused and h.source.paused_polls > 5, "paused and still polling")
+    assert not h.worker.health.ready
+    assert h.source.commits == [] or all(not c for c in h.source.commits)
+    assert not h.dead_letters() and not h.outputs()
+    with classifier.lock:
+        classifier.failures = 0
+    wait_for(lambda: len(h.outputs()) == 20, "recovered")
+    wait_for(lambda: h.worker.health.ready and not h.source.paused, "ready and resumed")
+    h.stop()
+
+
+def test_batch_size_is_clamped_to_the_models(run_worker: Any) -> None:
+    classifier = FakeClassifier(max_batch_size=4)
+    h = run_worker({("tweets", 0): tweets(0, 30)}, classifier=classifier, max_batch_size=32)
+    wait_for(lambda: len(h.outputs()) == 30, "results")
+    h.stop()
+    assert h.worker.max_batch_size == 4
+    assert max(classifier.batch_sizes) <= 4
+
+
+def test_labels_that_do_not_match_the_model_stop_the_worker() -> None:
+    worker = Worker(
+        settings(),
+        source=lambda s, handler: FakeSource({}),
+        publisher=lambda s: FakePublisher(),
+        classifier=lambda s: FakeClassifier(),
+        tokenizer=lambda s: FakeTokenizer(),
+        labels=["only", "three", "labels"],
+    )
+    with pytest.raises(ModelMismatch, match="4 logits"):
+        worker.run()
+
+
+def test_revoked_partitions_are_dropped_and_not_committed(run_worker: Any) -> None:
+    classifier = FakeClassifier(failures=10**9)
+    h = run_worker(
+        {("tweets", 0): tweets(0, 10), ("tweets", 1): tweets(1, 10)}, classifier=classifier
+    )
+    wait_for(lambda: h.source.paused, "held for retry")
+    complete = h.source.revoke(h.worker, ("tweets", 1))
+    assert complete == {}
+    with classifier.lock:
+        classifier.failures = 0
+    wait_for(lambda: len(h.outputs()) == 10, "partition 0 done")
+    wait_for(lambda: h.source.committed().get(("tweets", 0)) == 10, "commit p0")
+    h.stop()
+    assert ("tweets", 1) not in h.source.committed()
+    assert {o["source"]["partition"] for o in h.outputs()} == {0}
+
+
+def test_stop_exits_promptly_when_idle(run_worker: Any) -> None:
+    h = run_worker({("tweets", 0): []})
+    assert h.worker.wait_started(DEADLINE_S)
+    started = time.monotonic()
+    h.stop()
+    assert time.monotonic() - started < 5
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    backoff = Backoff(0.1, 1.0)
+    delays = [backoff.next_delay() for _ in range(10)]
+    assert all(0.05 <= d <= 1.0 for d in delays)
+    assert delays[-1] >= 0.5  # capped at 1.0, at least half of the cap
+    backoff.reset()
+    assert backoff.next_delay() <= 0.1
