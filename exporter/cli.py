@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--keep-fp32",
-        choices=["none", "classifier"],
+        choices=["none", "classifier", "last-layer", "embeddings"],
         default="none",
-        help="leave these nodes unquantized",
+        help="leave these nodes in FP32 (README: what each did to agreement, size, speed)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     return parser

@@ -26,7 +26,7 @@ import onnx
 log = logging.getLogger(__name__)
 
 OPS_TO_QUANTIZE = ("MatMul", "Attention", "Gather")
-KeepFp32 = Literal["none", "classifier"]
+KeepFp32 = Literal["none", "classifier", "last-layer", "embeddings"]
 
 
 @dataclass(frozen=True)
@@ -49,20 +49,41 @@ class QuantizationChoice:
         return record
 
 
+def _quantizer_name(node: onnx.NodeProto) -> str:
+    """The name the quantizer knows ``node`` by.
+
+    ``quantize_dynamic`` first rewrites each ``Gemm`` (the classifier head) into
+    ``MatMul`` + ``Add`` and names the ``MatMul`` ``<gemm name>_MatMul``; exclusions
+    must use that name.
+    """
+    return f"{node.name}_MatMul" if node.op_type == "Gemm" else node.name
+
+
 def nodes_to_keep_fp32(fused: Path, keep: KeepFp32) -> tuple[str, ...]:
-    """Names of the nodes ``keep`` selects in the fused graph (quantizable ones only).
+    """Names of the weight-carrying nodes ``keep`` selects in the fused graph.
 
     ``classifier``: the classification head (dense + out_proj), whose small matrices
     decide the label directly and cost almost nothing to run in FP32.
+    ``last-layer``: the head and the last encoder layer (everything after the
+    second-to-last layer's closing ``SkipLayerNormalization``; two per layer).
+    ``embeddings``: the embedding tables (``Gather`` on an initializer). A lookup costs
+    the same in FP32, but roberta-base's word embeddings alone are 147 MiB in FP32.
     """
     if keep == "none":
         return ()
     graph = onnx.load(str(fused), load_external_data=False).graph
-    return tuple(
-        node.name
-        for node in graph.node
-        if node.op_type in OPS_TO_QUANTIZE and "classifier" in node.name
-    )
+    nodes = list(graph.node)
+    weighted = {*OPS_TO_QUANTIZE, "Gemm"}
+    if keep == "embeddings":
+        tables = {initializer.name for initializer in graph.initializer}
+        chosen = [n for n in nodes if n.op_type == "Gather" and n.input[0] in tables]
+    elif keep == "classifier":
+        chosen = [n for n in nodes if n.op_type in weighted and "classifier" in n.name]
+    else:
+        closings = [i for i, n in enumerate(nodes) if n.op_type == "SkipLayerNormalization"]
+        start = closings[-3] + 1 if len(closings) >= 3 else 0
+        chosen = [n for n in nodes[start:] if n.op_type in weighted]
+    return tuple(_quantizer_name(node) for node in chosen)
 
 
 def quantize(

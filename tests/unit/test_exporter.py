@@ -32,7 +32,11 @@ from emotion_stream.layout import ModelLayout
 from exporter import pipeline
 from exporter.cli import main as cli_main
 from exporter.errors import ExportError, ParityGateError
+from exporter.loading import load_model, resolve_model
+from exporter.onnx_export import export_fp32
+from exporter.optimizing import fuse
 from exporter.pipeline import run_export
+from exporter.quantizing import KeepFp32, quantize
 from exporter.repository import file_sha256
 from exporter.runtime import TRITON_MAX_BATCH, Threads, open_session
 from tests.support.model_fixtures import (
@@ -343,3 +347,34 @@ def test_unknown_hub_id_offline_is_one_line(tmp_path: Path) -> None:
     assert "--model /path/to/model" in errors[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_fused(tiny_hf_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's fused FP32 graph, through the exporter's own stages."""
+    work = tmp_path_factory.mktemp("stages")
+    loaded = load_model(resolve_model(str(tiny_hf_model), None))
+    fp32 = export_fp32(loaded, work)
+    return fuse(fp32, work, loaded.num_heads, loaded.hidden_size).path
+
+
+@pytest.mark.parametrize(
+    ("keep", "expected"),
+    [
+        ("none", set()),
+        ("classifier", {"/classifier/dense/Gemm_MatMul", "/classifier/out_proj/Gemm_MatMul"}),
+        ("embeddings", {"/roberta/embeddings/word_embeddings/Gather"}),
+        ("last-layer", {"Attention_1", "/roberta/encoder/layer.1/output/dense/MatMul"}),
+    ],
+)
+def test_keep_fp32_leaves_the_chosen_nodes_unquantized(
+    tiny_fused: Path, tmp_path: Path, keep: KeepFp32, expected: set[str]
+) -> None:
+    int8, choice, _ = quantize(tiny_fused, tmp_path, keep)
+    assert expected <= set(choice.nodes_kept_fp32)
+    names = {node.name for node in onnx.load(str(int8)).graph.node}
+    # the kept nodes are still there under their own names, not replaced by *_quant
+    assert expected <= names
+    if keep == "last-layer":
+        assert "Attention_0" not in choice.nodes_kept_fp32
+        assert "/roberta/encoder/layer.0/output/dense/MatMul" not in choice.nodes_kept_fp32
