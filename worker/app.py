@@ -323,6 +323,7 @@ class Worker:
         assert self._classifier is not None
         backoff = Backoff(self.settings.retry_backoff_initial_s, self.settings.retry_backoff_max_s)
         while not self._stop.is_set():
+            self.health.beat()  # waiting is alive, not stuck: only readiness is false
             try:
                 self._classifier.ensure_ready()
                 return self._classifier.load_spec()
@@ -357,6 +358,7 @@ class Worker:
         """Enter a Kafka client, retrying transient failures until it works or we stop."""
         backoff = Backoff(self.settings.retry_backoff_initial_s, self.settings.retry_backoff_max_s)
         while True:
+            self.health.beat()
             client = factory(*args)
             try:
                 entered = client.__enter__()
