@@ -1,0 +1,654 @@
+"""A real Apache Kafka broker and a real Triton server as local processes, without Docker.
+
+- :class:`KafkaBroker` runs Kafka 4.x in KRaft mode (one process, broker and controller)
+  from the Maven Central jars that :func:`fetch_kafka_jars` copies into a git-ignored cache.
+- :class:`TritonServer` runs the ``tritonserver`` binary of the ``nvidia-pytriton`` wheel on
+  the Python-backend twin (:mod:`compose.twin`) of the exporter's model repository.
+
+Both listen on 127.0.0.1 only, keep state, config and log under one folder per service,
+record their pid (:mod:`compose.processes`), and are ready only once the real thing answers:
+broker metadata for Kafka, ``v2/health/ready`` and model readiness for Triton. A start
+that does not become ready stops what it started and raises
+:class:`~compose.processes.ServiceStartError` naming the component with its log tail.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
+
+from compose.processes import (
+    EmbeddedStackError,
+    ManagedProcess,
+    ServiceStartError,
+    tail,
+    wait_until,
+)
+from compose.twin import TwinError, generate_twin_repository
+from emotion_stream.layout import DEFAULT_MODEL_NAME, project_root
+
+LOOPBACK = "127.0.0.1"
+DEFAULT_KAFKA_PORT = 9092  # the Compose stack's ports, so `.env` files work for both
+DEFAULT_KAFKA_CONTROLLER_PORT = 9093
+DEFAULT_TRITON_HTTP_PORT = 8000
+DEFAULT_TRITON_GRPC_PORT = 8001
+DEFAULT_TRITON_METRICS_PORT = 8002
+
+# Topics of the pipeline (the worker's defaults) and their partition counts.
+TWEETS_TOPIC = "tweets"
+EMOTIONS_TOPIC = "emotions"
+DEAD_LETTER_TOPIC = "tweets.dlq"
+DEFAULT_TWEETS_PARTITIONS = 3
+
+# First start formats storage and elects the single-node controller: ~5-15 s on 2 cores.
+KAFKA_START_TIMEOUT_S = 90.0
+# Triton loads the twin model, whose stub imports numpy and onnxruntime: ~5-20 s.
+TRITON_START_TIMEOUT_S = 120.0
+KAFKA_HEAP = "512m"  # a test broker; Kafka's scripts default to 1 GiB
+KAFKA_NODE_ID = 1
+# Each readiness probe gives up quickly so the outer deadline stays the one that counts.
+PROBE_TIMEOUT_S = 3.0
+# Triton's grace period for in-flight requests on SIGTERM (its default is 30 s).
+TRITON_EXIT_TIMEOUT_S = 10
+
+KAFKA_POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
+KAFKA_LOG4J2_CONFIG = Path(__file__).resolve().parent / "kafka" / "log4j2.properties"
+KAFKA_MAIN_CLASS = "kafka.Kafka"
+KAFKA_STORAGE_TOOL = "kafka.tools.StorageTool"
+# Written after a complete copy, holding the pom's content: an interrupted fetch or a
+# changed pom fetches again.
+FETCH_STAMP = ".fetched-from-pom"
+FETCH_TIMEOUT_S = 600.0
+
+PYTRITON_DIR_NAME = "pytriton"
+_log = logging.getLogger(__name__)
+
+
+def default_kafka_libs_dir() -> Path:
+    """``$EMOTION_STREAM_KAFKA_LIBS`` or ``<checkout>/.cache/kafka/libs`` (git-ignored)."""
+    env = os.environ.get("EMOTION_STREAM_KAFKA_LIBS")
+    return Path(env) if env else project_root() / ".cache" / "kafka" / "libs"
+
+
+def default_state_dir() -> Path:
+    """``<checkout>/.local`` (git-ignored): data, configs, logs and pid files."""
+    return project_root() / ".local"
+
+
+def fetch_kafka_jars(libs_dir: Path | None = None, *, mvn: str = "mvn") -> Path:
+    """Copy Kafka's broker jars, runtime dependencies and log4j2 binding into ``libs_dir``.
+
+    Idempotent and quick once done: a stamp holding the pom's content marks a complete copy.
+
+    Raises
+    ------
+    EmbeddedStackError
+        Maven is missing or failed (its output is attached).
+    """
+    libs_dir = (libs_dir or default_kafka_libs_dir()).resolve()
+    pom_text = KAFKA_POM.read_text(encoding="utf-8")
+    stamp = libs_dir / FETCH_STAMP
+    if stamp.is_file() and stamp.read_text(encoding="utf-8") == pom_text:
+        return libs_dir
+    if shutil.which(mvn) is None:
+        raise EmbeddedStackError(f"kafka: `{mvn}` not found on PATH; install Maven 3.8+")
+    if libs_dir.exists():
+        shutil.rmtree(libs_dir)  # a changed pom must not leave old jars on the classpath
+    libs_dir.mkdir(parents=True)
+    argv = [
+        mvn, "-q", "-B", "-f", str(KAFKA_POM),
+        "dependency:copy-dependencies", f"-Dkafka.libs.dir={libs_dir}",
+    ]  # fmt: skip
+    try:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired as error:
+        raise EmbeddedStackError(f"kafka: `mvn` took over {FETCH_TIMEOUT_S:.0f} s") from error
+    if result.returncode != 0:
+        output = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+        raise EmbeddedStackError(f"kafka: fetching jars with Maven failed:\n{output}")
+    stamp.write_text(pom_text, encoding="utf-8")
+    return libs_dir
+
+
+def _kafka_cluster_id() -> str:
+    """A new cluster id in Kafka's format: a random UUID, URL-safe base64, no padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+
+
+def _write_json(path: Path, content: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+@dataclass(frozen=True)
+class KafkaPorts:
+    """Where the broker listens: clients on ``port``, the KRaft controller on ``controller``."""
+
+    port: int = DEFAULT_KAFKA_PORT
+    controller: int = DEFAULT_KAFKA_CONTROLLER_PORT
+
+
+class KafkaBroker:
+    """A single-node Kafka 4.x (KRaft, combined broker + controller) on 127.0.0.1.
+
+    Parameters
+    ----------
+    state_dir:
+        The stack's state folder; the broker keeps ``kafka/`` in it (data, config, log,
+        pid file). Data survives :meth:`stop`/:meth:`start`.
+    ports:
+        Client and controller ports.
+    libs_dir:
+        The jars :func:`fetch_kafka_jars` copied.
+    java:
+        The ``java`` executable (17+).
+    """
+
+    component = "kafka"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        ports: KafkaPorts | None = None,
+        *,
+        libs_dir: Path | None = None,
+        java: str = "java",
+    ) -> None:
+        self.home = state_dir.resolve() / "kafka"
+        self.ports = ports or KafkaPorts()
+        self.libs_dir = libs_dir or default_kafka_libs_dir()
+        self.java = java
+        self.data_dir = self.home / "data"
+        self.config_file = self.home / "server.properties"
+        self.endpoint_file = self.home / "endpoint.json"
+        self.process = ManagedProcess(
+            component=self.component,
+            pid_file=self.home / "kafka.pid",
+            log_file=self.home / "kafka.log",
+            marker=str(self.config_file),
+        )
+
+    @property
+    def log_file(self) -> Path:
+        return self.process.log_file
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port`` for Kafka clients."""
+        return f"{LOOPBACK}:{self.ports.port}"
+
+    @classmethod
+    def recorded(cls, state_dir: Path) -> KafkaBroker:
+        """The broker as last started in ``state_dir`` (its recorded ports), for down/status."""
+        broker = cls(state_dir)
+        endpoint = _read_json(broker.endpoint_file)
+        if endpoint:
+            broker.ports = KafkaPorts(int(endpoint["port"]), int(endpoint["controller_port"]))
+        return broker
+
+    def server_properties(self) -> dict[str, str]:
+        """The broker's configuration: one node, loopback only, single-replica internals."""
+        controller = f"{LOOPBACK}:{self.ports.controller}"
+        return {
+            "process.roles": "broker,controller",
+            "node.id": str(KAFKA_NODE_ID),
+            "controller.quorum.voters": f"{KAFKA_NODE_ID}@{controller}",
+            "listeners": f"PLAINTEXT://{self.bootstrap_servers},CONTROLLER://{controller}",
+            "advertised.listeners": f"PLAINTEXT://{self.bootstrap_servers}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "1",
+            # One broker: internal topics can have one replica only.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # Tests join groups constantly; Kafka's default waits 3 s for more members.
+            "group.initial.rebalance.delay.ms": "0",
+        }
+
+    def _java_argv(self, main_class: str, *args: str) -> list[str]:
+        return [
+            self.java,
+            f"-Xms{KAFKA_HEAP}",
+            f"-Xmx{KAFKA_HEAP}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={KAFKA_LOG4J2_CONFIG}",
+            "-cp",
+            f"{self.libs_dir.resolve()}/*",
+            main_class,
+            *args,
+        ]
+
+    def _check_jars(self) -> None:
+        if not any(self.libs_dir.glob("kafka_2.13-*.jar")):
+            raise ServiceStartError(
+                self.component,
+                f"no Kafka jars in {self.libs_dir}; run `emotion-stream local fetch` first",
+            )
+        if shutil.which(self.java) is None:
+            raise ServiceStartError(self.component, f"`{self.java}` (Java 17+) not on PATH")
+
+    def _format_storage(self) -> None:
+        """Format the data folder on first start (KRaft's ``kafka-storage format``)."""
+        if (self.data_dir / "meta.properties").is_file():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = self._java_argv(
+            KAFKA_STORAGE_TOOL, "format", "--ignore-formatted",
+            # `=`: a generated id may start with "-" and read as an option.
+            f"--cluster-id={_kafka_cluster_id()}", f"--config={self.config_file}",
+        )  # fmt: skip
+        with self.log_file.open("ab") as log:
+            result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False)
+        if result.returncode != 0:
+            raise ServiceStartError(
+                self.component, f"formatting storage failed (exit {result.returncode})",
+                self.log_file,
+            )  # fmt: skip
+
+    def is_running(self) -> bool:
+        return self.process.is_running()
+
+    def is_ready(self) -> bool:
+        """Whether the broker answers metadata with itself registered and a controller."""
+        probe_ms = int(PROBE_TIMEOUT_S * 1000)
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap_servers,
+                client_id="emotion-stream-readiness",
+                request_timeout_ms=probe_ms,
+                bootstrap_timeout_ms=probe_ms,
+            )
+        except KafkaConfigurationError:
+            raise  # our bug, not "not ready yet"
+        except (KafkaError, OSError):  # not listening yet, no metadata yet, ...
+            return False
+        try:
+            cluster = admin.describe_cluster()
+        except (KafkaError, OSError):
+            return False
+        finally:
+            admin.close()
+        unfenced = {
+            int(broker["broker_id"])
+            for broker in cluster.get("brokers", [])
+            if not broker.get("is_fenced", False)
+        }
+        return KAFKA_NODE_ID in unfenced and int(cluster.get("controller_id", -1)) >= 0
+
+    def start(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> bool:
+        """Start the broker unless it already runs here and answers; wait until ready.
+
+        Returns ``True`` when this call started it, ``False`` when it was already running.
+
+        Raises
+        ------
+        ServiceStartError
+            Jars or java missing, storage formatting failed, the process exited, or the
+            broker did not answer within ``timeout_s`` (the process is then stopped).
+        """
+        if self.is_running():
+            if wait_until(self.is_ready, timeout_s=timeout_s, on_poll=self._raise_if_dead):
+                return False
+            raise ServiceStartError(
+                self.component, f"running but not ready after {timeout_s:.0f} s", self.log_file
+            )
+        self._check_jars()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(
+            "".join(f"{key}={value}\n" for key, value in self.server_properties().items()),
+            encoding="utf-8",
+        )
+        self._format_storage()
+        self.process.start(self._java_argv(KAFKA_MAIN_CLASS, str(self.config_file)))
+        _write_json(
+            self.endpoint_file,
+            {"port": self.ports.port, "controller_port": self.ports.controller},
+        )
+        try:
+            ready = wait_until(self.is_ready, timeout_s=timeout_s, on_poll=self._raise_if_dead)
+        except BaseException:
+            self.process.stop()  # whatever went wrong, leave no half-started process
+            raise
+        if not ready:
+            self.process.stop()
+            raise ServiceStartError(
+                self.component,
+                f"broker {self.bootstrap_servers} not ready after {timeout_s:.0f} s",
+                self.log_file,
+            )
+        return True
+
+    def _raise_if_dead(self) -> None:
+        if not self.process.is_running():
+            raise ServiceStartError(
+                self.component, "process exited before becoming ready", self.log_file
+            )
+
+    def stop(self) -> bool:
+        """Stop the broker (SIGTERM, then SIGKILL); data stays. ``True`` if it was running."""
+        return self.process.stop()
+
+    def restart(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
+        """Stop, then start again on the same data and ports."""
+        self.stop()
+        self.start(timeout_s)
+
+    def create_topics(self, partitions: Mapping[str, int]) -> list[str]:
+        """Create the topics that do not exist yet (idempotent); return those created.
+
+        Raises
+        ------
+        EmbeddedStackError
+            The broker refused a topic for another reason than its existence.
+        """
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        created: list[str] = []
+        try:
+            existing = set(admin.list_topics())
+            for name, count in partitions.items():
+                if name in existing:
+                    continue
+                topic = NewTopic(name=name, num_partitions=count, replication_factor=1)
+                try:
+                    admin.create_topics([topic], wait_for_metadata=True)
+                except TopicAlreadyExistsError:
+                    continue  # created concurrently: the outcome we want
+                except Exception as error:
+                    raise EmbeddedStackError(f"kafka: creating topic {name!r}: {error}") from error
+                created.append(name)
+        finally:
+            admin.close()
+        return created
+
+
+def pipeline_topics(tweets_partitions: int = DEFAULT_TWEETS_PARTITIONS) -> dict[str, int]:
+    """The pipeline's topics and partition counts (results and dead letters keyed alike)."""
+    return {
+        TWEETS_TOPIC: tweets_partitions,
+        EMOTIONS_TOPIC: tweets_partitions,
+        DEAD_LETTER_TOPIC: 1,
+    }
+
+
+@dataclass(frozen=True)
+class TritonPorts:
+    """Triton's three listeners."""
+
+    grpc: int = DEFAULT_TRITON_GRPC_PORT
+    http: int = DEFAULT_TRITON_HTTP_PORT
+    metrics: int = DEFAULT_TRITON_METRICS_PORT
+
+
+def pytriton_dir() -> Path:
+    """The installed ``pytriton`` package (it carries ``tritonserver``)."""
+    spec = importlib.util.find_spec(PYTRITON_DIR_NAME)
+    if spec is None or spec.origin is None:
+        raise EmbeddedStackError(
+            "triton: nvidia-pytriton is not installed (pip install -e '.[local]')"
+        )
+    return Path(spec.origin).parent
+
+
+class TritonServer:
+    """pytriton's ``tritonserver`` serving the Python-backend twin of a model repository.
+
+    Parameters
+    ----------
+    state_dir:
+        The stack's state folder; the server keeps ``triton/`` in it (twin repository,
+        backend folder, log, pid file).
+    model_repository:
+        The exporter's repository (``onnxruntime_onnx`` models).
+    ports:
+        gRPC, HTTP and metrics ports.
+    model_name:
+        The model whose readiness :meth:`start` waits for.
+    intra_op_threads:
+        onnxruntime threads per model instance when the config does not say (0: all cores).
+    """
+
+    component = "triton"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        model_repository: Path,
+        ports: TritonPorts | None = None,
+        *,
+        model_name: str = DEFAULT_MODEL_NAME,
+        intra_op_threads: int = 0,
+    ) -> None:
+        self.home = state_dir.resolve() / "triton"
+        self.model_repository = model_repository
+        self.ports = ports or TritonPorts()
+        self.model_name = model_name
+        self.intra_op_threads = intra_op_threads
+        self.twin_repository = self.home / "models"
+        self.backend_dir = self.home / "backends"
+        self.endpoint_file = self.home / "endpoint.json"
+        self.process = ManagedProcess(
+            component=self.component,
+            pid_file=self.home / "triton.pid",
+            log_file=self.home / "triton.log",
+            marker=str(self.twin_repository),
+        )
+
+    @property
+    def log_file(self) -> Path:
+        return self.process.log_file
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` for ``tritonclient.grpc``."""
+        return f"{LOOPBACK}:{self.ports.grpc}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.http}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.metrics}/metrics"
+
+    @classmethod
+    def recorded(cls, state_dir: Path) -> TritonServer:
+        """The server as last started in ``state_dir`` (its recorded ports), for down/status."""
+        server = cls(state_dir, Path())
+        endpoint = _read_json(server.endpoint_file)
+        if endpoint:
+            server.ports = TritonPorts(
+                int(endpoint["grpc"]), int(endpoint["http"]), int(endpoint["metrics"])
+            )
+            server.model_name = str(endpoint.get("model_name", server.model_name))
+            server.model_repository = Path(str(endpoint.get("model_repository", "")))
+        return server
+
+    def _http_ok(self, path: str) -> bool:
+        # No proxy for loopback whatever the environment says.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(f"{self.http_url}{path}", timeout=PROBE_TIMEOUT_S) as response:
+                return int(response.status) == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def is_running(self) -> bool:
+        return self.process.is_running()
+
+    def is_ready(self) -> bool:
+        """Server ready and the model loaded (``v2/health/ready``, ``v2/models/<m>/ready``)."""
+        return self._http_ok("/v2/health/ready") and self._http_ok(
+            f"/v2/models/{self.model_name}/ready"
+        )
+
+    def _prepare_backend_dir(self) -> Path:
+        """``<dir>/python/`` with the backend library, its utils and the 3.11 stub."""
+        pytriton = pytriton_dir()
+        python_dir = self.backend_dir / "python"
+        python_dir.mkdir(parents=True, exist_ok=True)
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        sources = {
+            "libtriton_python.so": pytriton / "tritonserver/backends/python/libtriton_python.so",
+            "triton_python_backend_utils.py": (
+                pytriton / "tritonserver/backends/python/triton_python_backend_utils.py"
+            ),
+            # The stub must match the Python the model's imports come from.
+            "triton_python_backend_stub": (
+                pytriton / f"tritonserver/python_backend_stubs/{version}/triton_python_backend_stub"
+            ),
+        }
+        for name, source in sources.items():
+            if not source.is_file():
+                raise ServiceStartError(self.component, f"missing from nvidia-pytriton: {source}")
+            target = python_dir / name
+            if not target.is_file() or target.stat().st_size != source.stat().st_size:
+                shutil.copy2(source, target)
+        return self.backend_dir
+
+    def _environment(self, pytriton: Path) -> dict[str, str]:
+        """tritonserver's environment: the wheel's libraries, and this venv first on PATH.
+
+        The Python backend's stub imports numpy and onnxruntime from the environment whose
+        ``bin/`` comes first on PATH.
+        """
+        env = dict(os.environ)
+        libs = pytriton.parent / "nvidia_pytriton.libs"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            part for part in (str(libs), env.get("LD_LIBRARY_PATH", "")) if part
+        )
+        env["PATH"] = os.pathsep.join((str(Path(sys.prefix) / "bin"), env.get("PATH", "")))
+        env["VIRTUAL_ENV"] = sys.prefix
+        return env
+
+    def argv(self, binary: Path) -> list[str]:
+        """tritonserver's command line: the twin, our backend folder, loopback listeners."""
+        return [
+            str(binary),
+            f"--model-repository={self.twin_repository}",
+            f"--backend-directory={self.backend_dir}",
+            f"--http-address={LOOPBACK}",
+            f"--http-port={self.ports.http}",
+            f"--grpc-address={LOOPBACK}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--metrics-address={LOOPBACK}",
+            f"--metrics-port={self.ports.metrics}",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            f"--exit-timeout-secs={TRITON_EXIT_TIMEOUT_S}",
+        ]
+
+    def start(self, timeout_s: float = TRITON_START_TIMEOUT_S) -> bool:
+        """Generate the twin, start tritonserver unless already serving here, wait until ready.
+
+        Returns ``True`` when this call started it, ``False`` when it was already running.
+
+        Raises
+        ------
+        ServiceStartError
+            No ONNX model in the repository, pytriton missing, the process exited, or the
+            model was not ready within ``timeout_s`` (the process is then stopped).
+        """
+        if self.is_running():
+            if wait_until(self.is_ready, timeout_s=timeout_s, on_poll=self._raise_if_dead):
+                return False
+            raise ServiceStartError(
+                self.component, f"running but not ready after {timeout_s:.0f} s", self.log_file
+            )
+        pytriton = pytriton_dir()
+        binary = pytriton / "tritonserver" / "bin" / "tritonserver"
+        if shutil.which(str(binary)) is None:
+            raise ServiceStartError(self.component, f"no executable tritonserver at {binary}")
+        if self.twin_repository.exists():
+            shutil.rmtree(self.twin_repository)
+        try:
+            generate_twin_repository(
+                self.model_repository,
+                self.twin_repository,
+                intra_op_threads=self.intra_op_threads,
+            )
+        except TwinError as error:
+            raise ServiceStartError(self.component, str(error)) from error
+        self._prepare_backend_dir()
+        self.process.start(self.argv(binary), env=self._environment(pytriton), cwd=self.home)
+        _write_json(
+            self.endpoint_file,
+            {
+                "grpc": self.ports.grpc,
+                "http": self.ports.http,
+                "metrics": self.ports.metrics,
+                "model_name": self.model_name,
+                "model_repository": str(self.model_repository.resolve()),
+            },
+        )
+        try:
+            ready = wait_until(self.is_ready, timeout_s=timeout_s, on_poll=self._raise_if_dead)
+        except BaseException:
+            self.process.stop()  # whatever went wrong, leave no half-started process
+            raise
+        if not ready:
+            self.process.stop()
+            raise ServiceStartError(
+                self.component,
+                f"model {self.model_name!r} not ready on {self.http_url} after {timeout_s:.0f} s",
+                self.log_file,
+            )
+        return True
+
+    def _raise_if_dead(self) -> None:
+        if not self.process.is_running():
+            raise ServiceStartError(
+                self.component, "process exited before becoming ready", self.log_file
+            )
+
+    def stop(self) -> bool:
+        """Stop tritonserver and its backend stubs. ``True`` if it was running."""
+        return self.process.stop()
+
+
+__all__ = [
+    "DEAD_LETTER_TOPIC",
+    "EMOTIONS_TOPIC",
+    "TWEETS_TOPIC",
+    "EmbeddedStackError",
+    "KafkaBroker",
+    "KafkaPorts",
+    "ServiceStartError",
+    "TritonPorts",
+    "TritonServer",
+    "fetch_kafka_jars",
+    "pipeline_topics",
+    "tail",
+]

@@ -1,0 +1,185 @@
+"""Triton Python-backend twin of an ``onnxruntime_onnx`` model: same inputs, outputs, batch.
+
+pytriton's ``tritonserver`` carries the Python backend only, so the embedded stack serves the
+exporter's ``model.onnx`` through this model: onnxruntime runs the very same file (the twin's
+``<version>/model.onnx`` is a symbolic link to it), one ``InferenceSession`` per model
+instance.
+
+Triton hands ``execute`` a list of requests (several when dynamic batching merges them);
+each request carries its own batch dimension and gets exactly one response, an error
+response for that request alone when its inputs are invalid. Checks mirror what the ONNX
+model would reject or silently get wrong: shapes, dtypes, token ids outside the vocabulary
+and sequences longer than the model's positions (limits are config parameters that the
+twin generator reads from the ONNX graph).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+try:  # Inside Triton; unit tests import the checks without it.
+    import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - exercised only outside Triton
+    pb_utils = None
+
+# Config parameter keys written by compose/twin.py (string values, as Triton stores them).
+PARAM_INTRA_OP_THREADS = "intra_op_thread_count"
+PARAM_INTER_OP_THREADS = "inter_op_thread_count"
+PARAM_VOCAB_SIZE = "vocab_size"
+PARAM_MAX_SEQUENCE_LENGTH = "max_sequence_length"
+
+# Tensor names, the same as emotion_stream.layout (this file runs inside Triton and must
+# not import the project).
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+TOKEN_RANK = 2  # [batch, sequence]
+ONNX_FILE = "model.onnx"  # beside this model.py in the twin's version folder
+
+
+class InvalidInputError(ValueError):
+    """A request whose inputs the model cannot run on: answered with INVALID_ARG."""
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What the ONNX model accepts beyond dtype and rank (``None``: not known, not checked)."""
+
+    vocab_size: int | None = None
+    max_sequence_length: int | None = None
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, str]) -> InputLimits:
+        """Read the limits from config parameters (absent or empty means unknown)."""
+
+        def number(key: str) -> int | None:
+            value = parameters.get(key, "").strip()
+            return int(value) if value else None
+
+        return cls(
+            vocab_size=number(PARAM_VOCAB_SIZE),
+            max_sequence_length=number(PARAM_MAX_SEQUENCE_LENGTH),
+        )
+
+
+def check_token_inputs(
+    input_ids: npt.NDArray[Any], attention_mask: npt.NDArray[Any], limits: InputLimits
+) -> None:
+    """Raise :class:`InvalidInputError` unless the pair is one the model runs correctly on.
+
+    Raises
+    ------
+    InvalidInputError
+        Wrong dtype or rank, mismatched shapes, an empty sequence, a sequence longer than
+        the model's positions, a token id outside the vocabulary, a mask not made of 0/1.
+    """
+    for name, array in ((INPUT_IDS, input_ids), (ATTENTION_MASK, attention_mask)):
+        if array.dtype != np.int64:
+            raise InvalidInputError(f"{name} must be INT64, got {array.dtype}")
+        if array.ndim != TOKEN_RANK:
+            raise InvalidInputError(
+                f"{name} must be [batch, sequence], got shape {list(array.shape)}"
+            )
+    if input_ids.shape != attention_mask.shape:
+        raise InvalidInputError(
+            f"{INPUT_IDS} shape {list(input_ids.shape)} differs from "
+            f"{ATTENTION_MASK} shape {list(attention_mask.shape)}"
+        )
+    batch, length = input_ids.shape
+    if batch == 0 or length == 0:
+        raise InvalidInputError(f"empty input: shape {list(input_ids.shape)}")
+    if limits.max_sequence_length is not None and length > limits.max_sequence_length:
+        raise InvalidInputError(
+            f"sequence length {length} exceeds the model's maximum {limits.max_sequence_length}"
+        )
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or (limits.vocab_size is not None and high >= limits.vocab_size):
+        bound = limits.vocab_size if limits.vocab_size is not None else "∞"
+        raise InvalidInputError(
+            f"{INPUT_IDS} out of vocabulary range [0, {bound}): min {low}, max {high}"
+        )
+    if not np.isin(attention_mask, (0, 1)).all():
+        raise InvalidInputError(f"{ATTENTION_MASK} must hold only 0 and 1")
+
+
+def _parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
+    """Config parameters as plain strings (Triton's JSON nests them in ``string_value``)."""
+    raw: Mapping[str, Any] = model_config.get("parameters", {})
+    return {key: str(value.get("string_value", "")) for key, value in raw.items()}
+
+
+class TritonPythonModel:
+    """The Python backend's entry point (the class name is Triton's contract)."""
+
+    def initialize(self, args: Mapping[str, str]) -> None:
+        """Open the ONNX model with the thread counts the config asks for."""
+        config: dict[str, Any] = json.loads(args["model_config"])
+        parameters = _parameters(config)
+        self.limits = InputLimits.from_parameters(parameters)
+        self.input_names = [entry["name"] for entry in config["input"]]
+        self.output_names = [entry["name"] for entry in config["output"]]
+        options = ort.SessionOptions()
+        # Triton's onnxruntime backend reads the same two parameters; 0 = onnxruntime's default.
+        options.intra_op_num_threads = int(parameters.get(PARAM_INTRA_OP_THREADS) or 0)
+        options.inter_op_num_threads = int(parameters.get(PARAM_INTER_OP_THREADS) or 0)
+        onnx_path = os.path.join(args["model_repository"], args["model_version"], ONNX_FILE)
+        self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        self.onnx_inputs = {entry.name for entry in self.session.get_inputs()}
+        self._ort_invalid_argument: type[Exception] = _ort_exception("InvalidArgument")
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """One response per request, in order; a bad request fails alone."""
+        return [self._respond(request) for request in requests]
+
+    def _respond(self, request: Any) -> Any:
+        try:
+            feeds = {
+                name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                for name in self.input_names
+            }
+            if INPUT_IDS in feeds and ATTENTION_MASK in feeds:
+                check_token_inputs(feeds[INPUT_IDS], feeds[ATTENTION_MASK], self.limits)
+            results = self.session.run(
+                self.output_names,
+                {name: array for name, array in feeds.items() if name in self.onnx_inputs},
+            )
+        except InvalidInputError as error:
+            return _error_response(str(error), invalid_argument=True)
+        except Exception as error:
+            # onnxruntime's own input complaints stay INVALID_ARG; anything else is ours.
+            invalid = isinstance(error, self._ort_invalid_argument)
+            return _error_response(f"onnxruntime: {error}", invalid_argument=invalid)
+        tensors = [
+            pb_utils.Tensor(name, np.ascontiguousarray(result))
+            for name, result in zip(self.output_names, results, strict=True)
+        ]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def finalize(self) -> None:
+        """Release the session (Triton calls this on unload and shutdown)."""
+        self.session = None
+
+
+def _ort_exception(name: str) -> type[Exception]:
+    """onnxruntime's exception class ``name`` (a never-raised stand-in when absent)."""
+    found = getattr(ort_state, name, None)
+    if isinstance(found, type) and issubclass(found, Exception):
+        return found
+
+    class _NeverRaisedError(Exception):
+        pass
+
+    return _NeverRaisedError
+
+
+def _error_response(message: str, *, invalid_argument: bool) -> Any:
+    code = pb_utils.TritonError.INVALID_ARG if invalid_argument else pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))

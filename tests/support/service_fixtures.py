@@ -1,0 +1,380 @@
+"""Real Kafka broker and real Triton server for integration tests (a pytest plugin).
+
+Session-scoped fixtures start each service once, on free loopback ports, through one of
+two backends behind the same small interface (:class:`KafkaService`,
+:class:`TritonService`):
+
+- ``local`` — the processes ``emotion-stream local up`` runs (:mod:`compose.embedded`):
+  Kafka 4.x from Maven Central jars and pytriton's ``tritonserver`` serving the
+  Python-backend twin of the exported model;
+- ``testcontainers`` — ``apache/kafka`` and NVIDIA's ``tritonserver`` images (real
+  onnxruntime backend) through testcontainers.
+
+``EMOTION_STREAM_TEST_BACKEND`` chooses (``local``, ``testcontainers`` or ``auto``, the
+default: testcontainers when a Docker engine answers, local otherwise). A service that
+cannot start skips its tests locally and fails them under ``CI=true``.
+
+Tests get unique topic and group names from ``unique_name`` so they never see each
+other's messages on the shared broker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from compose.embedded import (
+    KafkaBroker,
+    KafkaPorts,
+    TritonPorts,
+    TritonServer,
+    fetch_kafka_jars,
+)
+from compose.processes import EmbeddedStackError, wait_until
+from tests.conftest import skip_or_fail
+
+BACKEND_ENV = "EMOTION_STREAM_TEST_BACKEND"
+BACKENDS = ("local", "testcontainers", "auto")
+# Images of the testcontainers backend: the Compose stack's versions (Triton 24.10 is
+# server 2.51, the same as pytriton's binary).
+KAFKA_IMAGE = os.environ.get("EMOTION_STREAM_KAFKA_IMAGE", "apache/kafka:4.1.0")
+TRITON_IMAGE = os.environ.get(
+    "EMOTION_STREAM_TRITON_IMAGE", "nvcr.io/nvidia/tritonserver:24.10-py3"
+)
+CONTAINER_START_TIMEOUT_S = 180.0
+DOCKER_PING_TIMEOUT_S = 3
+KAFKA_NAME_LIMIT = 200  # Kafka allows 249 characters in a topic name
+_UNSAFE_NAME_CHARS = re.compile(r"[^a-zA-Z0-9._-]+")
+
+
+class KafkaService(Protocol):
+    """What integration tests may do with the broker, whatever runs it."""
+
+    @property
+    def bootstrap_servers(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+    def create_topic(self, name: str, partitions: int = 1) -> None: ...
+
+
+class TritonService(Protocol):
+    """What integration tests may do with the inference server, whatever runs it."""
+
+    @property
+    def grpc_url(self) -> str: ...
+
+    @property
+    def http_url(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the kernel's pick on 127.0.0.1)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports."""
+    ports: set[int] = set()
+    for _ in range(count * 10):  # bounded: collisions are rare
+        ports.add(free_port())
+        if len(ports) == count:
+            return sorted(ports)
+    raise RuntimeError(f"could not find {count} distinct free ports")
+
+
+def create_topic(bootstrap_servers: str, name: str, partitions: int = 1) -> None:
+    """Create ``name`` with ``partitions`` partitions (single replica); no-op if it exists."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        admin.create_topics(
+            [NewTopic(name=name, num_partitions=partitions, replication_factor=1)],
+            wait_for_metadata=True,
+        )
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
+# --------------------------------------------------------------------------- local backend
+
+
+class LocalKafka:
+    """:class:`compose.embedded.KafkaBroker` in a temporary state folder, on free ports."""
+
+    def __init__(self, state_dir: Path) -> None:
+        port, controller = free_ports(2)
+        self.broker = KafkaBroker(state_dir, KafkaPorts(port, controller))
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.broker.bootstrap_servers
+
+    def start(self) -> None:
+        fetch_kafka_jars()
+        self.broker.start()
+
+    def stop(self) -> None:
+        self.broker.stop()
+
+    def restart(self) -> None:
+        self.broker.restart()
+
+    def create_topic(self, name: str, partitions: int = 1) -> None:
+        create_topic(self.bootstrap_servers, name, partitions)
+
+
+class LocalTriton:
+    """:class:`compose.embedded.TritonServer` serving ``repository``'s twin, on free ports."""
+
+    def __init__(self, state_dir: Path, repository: Path) -> None:
+        grpc, http, metrics = free_ports(3)
+        self.server = TritonServer(
+            state_dir, repository, TritonPorts(grpc=grpc, http=http, metrics=metrics)
+        )
+
+    @property
+    def grpc_url(self) -> str:
+        return self.server.grpc_url
+
+    @property
+    def http_url(self) -> str:
+        return self.server.http_url
+
+    @property
+    def log_file(self) -> Path:
+        return self.server.log_file
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+# ------------------------------------------------------------------- testcontainers backend
+
+
+def docker_available() -> bool:
+    """Whether a Docker engine answers (checked only when one is configured or has a socket)."""
+    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
+        return False
+    try:
+        import docker  # noqa: PLC0415 - only the testcontainers backend needs Docker
+
+        client = docker.from_env(timeout=DOCKER_PING_TIMEOUT_S)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+class ContainerKafka:
+    """``apache/kafka`` (KRaft, one node) with its listener bound to a fixed free host port.
+
+    A fixed port keeps the advertised listener valid across :meth:`restart`.
+    """
+
+    def __init__(self, image: str = KAFKA_IMAGE) -> None:
+        from testcontainers.core.container import DockerContainer  # noqa: PLC0415 - optional
+
+        self.host_port = free_port()
+        self.container: Any = (
+            DockerContainer(image)
+            .with_bind_ports(9092, self.host_port)
+            .with_envs(
+                KAFKA_NODE_ID="1",
+                KAFKA_PROCESS_ROLES="broker,controller",
+                KAFKA_LISTENERS="PLAINTEXT://:9092,CONTROLLER://:9093",
+                KAFKA_ADVERTISED_LISTENERS=f"PLAINTEXT://127.0.0.1:{self.host_port}",
+                KAFKA_CONTROLLER_LISTENER_NAMES="CONTROLLER",
+                KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                KAFKA_CONTROLLER_QUORUM_VOTERS="1@localhost:9093",
+                KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="1",
+                KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR="1",
+                KAFKA_TRANSACTION_STATE_LOG_MIN_ISR="1",
+                KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR="1",
+                KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR="1",
+                KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS="0",
+            )
+        )
+        # Readiness is probed exactly as for the local broker.
+        self._probe = KafkaBroker(Path("/nonexistent"), KafkaPorts(self.host_port, 0))
+        self._started = False
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.host_port}"
+
+    def _wait_ready(self) -> None:
+        if not wait_until(self._probe.is_ready, timeout_s=CONTAINER_START_TIMEOUT_S):
+            logs = b"".join(self.container.get_logs()).decode("utf-8", "replace")
+            raise EmbeddedStackError(f"kafka container not ready:\n{logs[-4000:]}")
+
+    def start(self) -> None:
+        if self._started:
+            self.container.get_wrapped_container().start()
+        else:
+            self.container.start()
+            self._started = True
+        self._wait_ready()
+
+    def stop(self) -> None:
+        self.container.get_wrapped_container().stop()
+
+    def restart(self) -> None:
+        self.container.get_wrapped_container().restart()
+        self._wait_ready()
+
+    def create_topic(self, name: str, partitions: int = 1) -> None:
+        create_topic(self.bootstrap_servers, name, partitions)
+
+    def remove(self) -> None:
+        self.container.stop()
+
+
+class ContainerTriton:
+    """NVIDIA's ``tritonserver`` image serving ``repository`` with its onnxruntime backend."""
+
+    def __init__(self, repository: Path, image: str = TRITON_IMAGE) -> None:
+        from testcontainers.core.container import DockerContainer  # noqa: PLC0415 - optional
+
+        grpc, http = free_ports(2)
+        self.ports = TritonPorts(grpc=grpc, http=http, metrics=0)
+        self.container: Any = (
+            DockerContainer(image)
+            .with_bind_ports(8001, grpc)
+            .with_bind_ports(8000, http)
+            .with_volume_mapping(str(repository.resolve()), "/models", "ro")
+            .with_command("tritonserver --model-repository=/models --allow-metrics=false")
+        )
+        self._probe = TritonServer(Path("/nonexistent"), Path(), self.ports)
+        self._started = False
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.http}"
+
+    def start(self) -> None:
+        if self._started:
+            self.container.get_wrapped_container().start()
+        else:
+            self.container.start()
+            self._started = True
+        if not wait_until(self._probe.is_ready, timeout_s=CONTAINER_START_TIMEOUT_S):
+            logs = b"".join(self.container.get_logs()).decode("utf-8", "replace")
+            raise EmbeddedStackError(f"triton container not ready:\n{logs[-4000:]}")
+
+    def stop(self) -> None:
+        self.container.get_wrapped_container().stop()
+
+    def remove(self) -> None:
+        self.container.stop()
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def chosen_backend() -> str:
+    """``local`` or ``testcontainers``, from ``EMOTION_STREAM_TEST_BACKEND`` (default auto)."""
+    wanted = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if wanted not in BACKENDS:
+        raise pytest.UsageError(f"{BACKEND_ENV} must be one of {BACKENDS}, got {wanted!r}")
+    if wanted == "auto":
+        return "testcontainers" if docker_available() else "local"
+    return wanted
+
+
+@pytest.fixture(scope="session")
+def service_backend() -> str:
+    """The backend running this session's services."""
+    return chosen_backend()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(
+    service_backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KafkaService]:
+    """A real Kafka 4.x broker for the whole session (``.bootstrap_servers``, restart())."""
+    service: LocalKafka | ContainerKafka
+    if service_backend == "testcontainers":
+        service = ContainerKafka()
+    else:
+        service = LocalKafka(tmp_path_factory.mktemp("kafka-state"))
+    try:
+        service.start()
+    except Exception as error:  # any failure to start: skip locally, fail under CI
+        _cleanup(service)
+        skip_or_fail(f"Kafka broker ({service_backend}) did not start: {error}")
+    yield service
+    _cleanup(service)
+
+
+@pytest.fixture(scope="session")
+def triton_server(
+    service_backend: str,
+    tiny_model_repository: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[TritonService]:
+    """A real Triton server serving the tiny exported model (``.grpc_url``, stop()/start())."""
+    service: LocalTriton | ContainerTriton
+    if service_backend == "testcontainers":
+        service = ContainerTriton(tiny_model_repository)
+    else:
+        service = LocalTriton(tmp_path_factory.mktemp("triton-state"), tiny_model_repository)
+    try:
+        service.start()
+    except Exception as error:
+        _cleanup(service)
+        skip_or_fail(f"Triton server ({service_backend}) did not start: {error}")
+    yield service
+    _cleanup(service)
+
+
+def _cleanup(service: LocalKafka | LocalTriton | ContainerKafka | ContainerTriton) -> None:
+    """Stop (and for containers remove) a service; never masks the test's own outcome."""
+    try:
+        if isinstance(service, ContainerKafka | ContainerTriton):
+            service.remove()
+        else:
+            service.stop()
+    except Exception as error:  # teardown must not hide the real failure
+        print(f"warning: stopping {type(service).__name__} failed: {error}")
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """``unique_name(prefix)``: a topic/group name no other test (or run) uses."""
+    test = _UNSAFE_NAME_CHARS.sub("-", request.node.name)[:60]
+
+    def make(prefix: str = "t") -> str:
+        name = f"{prefix}-{test}-{uuid.uuid4().hex[:8]}"
+        return name[:KAFKA_NAME_LIMIT]
+
+    return make
