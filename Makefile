@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?= cardiffnlp/twitter-roberta-base-emotion
 
-.PHONY: setup lint test run clean
+.PHONY: setup lint test run stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -26,6 +26,17 @@ lint: $(BIN)/python
 # Triton server that the fixtures start on free loopback ports.
 test: $(BIN)/python
 	$(BIN)/pytest
+
+# The README's first command: export MODEL (a hub id needs internet; a local model
+# folder does not), start the local Kafka + Triton and a worker, feed sample tweets and
+# print them classified, live, until Ctrl-C. Everything keeps running until `make stop`.
+# EXPORT_ARGS passes options to `emotion-stream export` (e.g. --min-agreement 0 for a test model).
+run: setup
+	MODEL="$(MODEL)" EXPORT_ARGS="$(EXPORT_ARGS)" bash compose/run_demo.sh run
+
+# Stop the worker `make run` started, then the local Kafka + Triton.
+stop:
+	bash compose/run_demo.sh stop
 
 clean:
 	$(BIN)/emotion-stream local down || true
