@@ -181,6 +181,11 @@ class InFlight:
     sent_at: float
 
 
+def _loggable(offsets: dict[Partition, int]) -> dict[str, int]:
+    """``{"topic:partition": offset}``: JSON objects need string keys."""
+    return {f"{topic}:{partition}": offset for (topic, partition), offset in offsets.items()}
+
+
 class Backoff:
     """Capped exponential backoff with full jitter."""
 
@@ -610,7 +615,9 @@ class Worker:
         complete = {p: o for p, o in self.tracker.committable().items() if p in partitions}
         self.tracker.forget(partitions)
         self._revoked.put(set(partitions))
-        self._log.info("partitions revoked", partitions=sorted(partitions), committing=complete)
+        self._log.info(
+            "partitions revoked", partitions=sorted(partitions), committing=_loggable(complete)
+        )
         return complete
 
     def on_lost(self, partitions: set[Partition]) -> None:
@@ -657,7 +664,9 @@ class Worker:
                 self.tracker.committed(offsets)
                 self.metrics.commits.inc()
             else:
-                self._log.warning("commit rejected: the group rebalanced", offsets=offsets)
+                self._log.warning(
+                    "commit rejected: the group rebalanced", offsets=_loggable(offsets)
+                )
         except TransientError as exc:
             self.metrics.retries.labels(reason=type(exc).__name__).inc()
             self._log.warning("commit failed, will retry", error=str(exc))

@@ -17,6 +17,7 @@ deadlock), and so the commit is done before the partitions are handed over.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -30,6 +31,8 @@ from worker.errors import BrokerUnavailable, FatalError, WorkerError
 from worker.messages import OutboundRecord, SourceRecord
 from worker.offsets import Partition
 from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 # The worker finishes a batch's sends and commits within a loop iteration; a metadata
 # lookup for a missing topic must not block the loop for kafka-python's default 60 s.
@@ -73,18 +76,29 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         self._source = source
         self._handler = handler
 
+    # An exception escaping a listener makes kafka-python's poll() raise, which would stop
+    # the worker over bookkeeping; each hook therefore contains its own failures.
+
     async def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
-        partitions = {_partition(tp) for tp in revoked}
-        offsets = self._handler.on_revoked(partitions)
-        if offsets:
-            await self._source.commit_from_listener(offsets)
+        try:
+            offsets = self._handler.on_revoked({_partition(tp) for tp in revoked})
+            if offsets:
+                await self._source.commit_from_listener(offsets)
+        except Exception:
+            log.exception("revocation handling failed; the next owner re-reads uncommitted")
 
     async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
-        self._handler.on_assigned({_partition(tp) for tp in assigned})
+        try:
+            self._handler.on_assigned({_partition(tp) for tp in assigned})
+        except Exception:
+            log.exception("assignment handling failed")
 
     async def on_partitions_lost(self, lost: Iterable[Any]) -> None:
         # The group has moved on: a commit would be rejected, and must not be tried.
-        self._handler.on_lost({_partition(tp) for tp in lost})
+        try:
+            self._handler.on_lost({_partition(tp) for tp in lost})
+        except Exception:
+            log.exception("lost-partition handling failed")
 
 
 def _offsets(offsets: dict[Partition, int]) -> dict[Any, Any]:
@@ -99,7 +113,6 @@ class KafkaSource:
         self._handler = handler
         self._consumer: Any = None
         self._paused = False
-        self.on_commit_error: Callable[[Exception], None] | None = None
 
     def __enter__(self) -> KafkaSource:
         s = self._settings
@@ -196,8 +209,7 @@ class KafkaSource:
             # the I/O thread on itself. Pinned in pyproject.toml.
             await coordinator._commit_offsets_sync_async(_offsets(offsets), COMMIT_TIMEOUT_MS)
         except Exception as exc:  # the new owner re-reads from the last commit
-            if self.on_commit_error is not None:
-                self.on_commit_error(exc)
+            log.warning("commit on revocation failed: %s", exc)
 
     def lag(self, next_offsets: dict[Partition, int]) -> dict[Partition, int]:
         """Records behind the high watermark, for partitions whose watermark is known."""

@@ -11,11 +11,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import structlog
 
 from worker.app import Backoff, Worker
 from worker.errors import InferenceRejected, InferenceUnavailable, ModelMismatch
 from worker.inference import Classified, ModelSpec, softmax
 from worker.messages import OutboundRecord, SourceRecord
+from worker.observability import configure_logging
 from worker.offsets import Partition
 from worker.settings import WorkerSettings
 from worker.tokenizing import EncodedBatch
@@ -392,3 +394,21 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert delays[-1] >= 0.5  # capped at 1.0, at least half of the cap
     backoff.reset()
     assert backoff.next_delay() <= 0.1
+
+
+def test_revocation_commits_complete_offsets_and_logs_as_json(
+    run_worker: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("debug")
+    try:
+        h = run_worker({("tweets", 0): tweets(0, 10), ("tweets", 1): tweets(1, 10)})
+        wait_for(lambda: len(h.outputs()) == 20, "20 results")
+        complete = h.source.revoke(h.worker, ("tweets", 1))
+        assert complete in ({("tweets", 1): 10}, {})  # {} if already committed
+        h.stop()
+    finally:
+        structlog.reset_defaults()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    events = [json.loads(line) for line in lines]
+    assert any(e["event"] == "partitions revoked" for e in events)
+    assert any(e["event"] == "batch" and e["level"] == "debug" for e in events)
