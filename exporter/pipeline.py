@@ -41,6 +41,7 @@ from exporter.repository import (
     is_up_to_date,
     publish,
     read_report,
+    recover,
     writable_repository,
 )
 from exporter.runtime import TRITON_MAX_BATCH, Threads, open_session
@@ -138,6 +139,7 @@ def run_export(options: ExportOptions) -> ExportOutcome:
     options.validate()
     layout = ModelLayout(options.output, options.model_name, options.version)
     with writable_repository(options.output):
+        recover(layout)
         source = resolve_model(options.model, options.revision)
         expected = fingerprint(source.local_dir, options.shaping_record())
         if not options.force and is_up_to_date(layout, expected):

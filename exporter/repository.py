@@ -110,6 +110,23 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
+def recover(layout: ModelLayout) -> None:
+    """Clean up after an export that was killed (SIGKILL, power loss) part way.
+
+    A killed build leaves ``.<name>.tmp-*``; a kill between the two renames of
+    :func:`_swap_into_place` leaves no model folder but ``.<name>.old-*``, which is put
+    back. Exports to one repository are not expected to run concurrently.
+    """
+    repository = layout.repository
+    aside = sorted(repository.glob(f".{layout.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if aside and not layout.model_dir.exists():
+        log.warning("recover: restoring %s from %s", layout.model_dir, aside[-1].name)
+        os.rename(aside.pop(), layout.model_dir)
+    for stale in [*aside, *repository.glob(f".{layout.name}.tmp-*")]:
+        log.info("recover: removing %s left by an interrupted export", stale.name)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def publish(layout: ModelLayout, build: Callable[[ModelLayout], None]) -> None:
     """Build the model folder with ``build`` in a staging folder, then move it into place.
 

@@ -262,6 +262,24 @@ def test_failure_mid_write_leaves_the_earlier_repository_intact(
     assert leftovers(repository) == []
 
 
+def test_leftovers_of_a_killed_export_are_recovered(
+    tiny_hf_model: Path, tiny_model_repository: Path, tmp_path: Path
+) -> None:
+    repository = tmp_path / "repo"
+    shutil.copytree(tiny_model_repository, repository)
+    before = tree_hashes(repository)
+    # killed between the two renames: the model folder is aside, a half build is staged
+    layout = ModelLayout(repository)
+    os.rename(layout.model_dir, repository / ".emotion-classifier.old-dead")
+    (repository / ".emotion-classifier.tmp-dead").mkdir()
+    (repository / ".emotion-classifier.tmp-dead" / "config.pbtxt").write_text("half")
+
+    outcome = run_export(tiny_export_options(tiny_hf_model, repository))
+    assert outcome.skipped  # the restored folder is the same export
+    assert tree_hashes(repository) == before
+    assert leftovers(repository) == []
+
+
 def test_missing_id2label_falls_back_to_label_n(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
