@@ -168,6 +168,8 @@ class KafkaBroker:
         The jars :func:`fetch_kafka_jars` copied.
     java:
         The ``java`` executable (17+).
+    die_with_parent:
+        Stop the broker when the process that started it dies (test fixtures).
     """
 
     component = "kafka"
@@ -179,11 +181,13 @@ class KafkaBroker:
         *,
         libs_dir: Path | None = None,
         java: str = "java",
+        die_with_parent: bool = False,
     ) -> None:
         self.home = state_dir.resolve() / "kafka"
         self.ports = ports or KafkaPorts()
         self.libs_dir = libs_dir or default_kafka_libs_dir()
         self.java = java
+        self.die_with_parent = die_with_parent
         self.data_dir = self.home / "data"
         self.config_file = self.home / "server.properties"
         self.endpoint_file = self.home / "endpoint.json"
@@ -331,7 +335,10 @@ class KafkaBroker:
             encoding="utf-8",
         )
         self._format_storage()
-        self.process.start(self._java_argv(KAFKA_MAIN_CLASS, str(self.config_file)))
+        self.process.start(
+            self._java_argv(KAFKA_MAIN_CLASS, str(self.config_file)),
+            die_with_parent=self.die_with_parent,
+        )
         _write_json(
             self.endpoint_file,
             {"port": self.ports.port, "controller_port": self.ports.controller},
@@ -437,6 +444,8 @@ class TritonServer:
         The model whose readiness :meth:`start` waits for.
     intra_op_threads:
         onnxruntime threads per model instance when the config does not say (0: all cores).
+    die_with_parent:
+        Stop the server when the process that started it dies (test fixtures).
     """
 
     component = "triton"
@@ -449,12 +458,14 @@ class TritonServer:
         *,
         model_name: str = DEFAULT_MODEL_NAME,
         intra_op_threads: int = 0,
+        die_with_parent: bool = False,
     ) -> None:
         self.home = state_dir.resolve() / "triton"
         self.model_repository = model_repository
         self.ports = ports or TritonPorts()
         self.model_name = model_name
         self.intra_op_threads = intra_op_threads
+        self.die_with_parent = die_with_parent
         self.twin_repository = self.home / "models"
         self.backend_dir = self.home / "backends"
         self.endpoint_file = self.home / "endpoint.json"
@@ -602,7 +613,12 @@ class TritonServer:
         except TwinError as error:
             raise ServiceStartError(self.component, str(error)) from error
         self._prepare_backend_dir()
-        self.process.start(self.argv(binary), env=self._environment(pytriton), cwd=self.home)
+        self.process.start(
+            self.argv(binary),
+            env=self._environment(pytriton),
+            cwd=self.home,
+            die_with_parent=self.die_with_parent,
+        )
         _write_json(
             self.endpoint_file,
             {

@@ -13,6 +13,7 @@ it also stops the children it spawned (Triton's Python-backend stubs) and no one
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -31,6 +32,8 @@ KILL_WAIT_S = 10.0
 # Bound on the wait for a started process's command line to appear in /proc.
 EXEC_VISIBLE_TIMEOUT_S = 5.0
 EXEC_POLL_INTERVAL_S = 0.005
+# prctl(2) option: signal the child when the thread that started it dies.
+PR_SET_PDEATHSIG = 1
 # Polling interval of every wait loop here: readiness is polled, never slept for.
 POLL_INTERVAL_S = 0.2
 
@@ -116,6 +119,19 @@ def _live_group_members(pgid: int) -> list[int]:
     return members
 
 
+def _sigterm_on_parent_death() -> Callable[[], None]:
+    """A ``preexec_fn`` asking the kernel to SIGTERM the child when its parent dies (Linux)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, not in the child
+    parent = os.getpid()
+
+    def arrange() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange
+
+
 @dataclass
 class ManagedProcess:
     """One background service process, its log file and its pid file.
@@ -172,8 +188,15 @@ class ManagedProcess:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        die_with_parent: bool = False,
     ) -> int:
-        """Start ``argv`` in its own session, output appended to the log; record its pid."""
+        """Start ``argv`` in its own session, output appended to the log; record its pid.
+
+        ``die_with_parent`` makes the kernel SIGTERM the service when this process dies
+        (test fixtures: a killed pytest must not leave brokers behind); ``local up``
+        leaves it off so the services outlive the command.
+        """
+        preexec = _sigterm_on_parent_death() if die_with_parent else None
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
@@ -187,6 +210,7 @@ class ManagedProcess:
                 # Own session: survives the launching command, and stop() can signal the
                 # whole group (Triton's backend stubs) without touching anyone else.
                 start_new_session=True,
+                preexec_fn=preexec,  # noqa: PLW1509 - only prctl(2), async-signal-safe
             )
         self._child = process
         self.pid_file.write_text(f"{process.pid}\n", encoding="utf-8")

@@ -124,7 +124,7 @@ class LocalKafka:
 
     def __init__(self, state_dir: Path) -> None:
         port, controller = free_ports(2)
-        self.broker = KafkaBroker(state_dir, KafkaPorts(port, controller))
+        self.broker = KafkaBroker(state_dir, KafkaPorts(port, controller), die_with_parent=True)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -150,7 +150,10 @@ class LocalTriton:
     def __init__(self, state_dir: Path, repository: Path) -> None:
         grpc, http, metrics = free_ports(3)
         self.server = TritonServer(
-            state_dir, repository, TritonPorts(grpc=grpc, http=http, metrics=metrics)
+            state_dir,
+            repository,
+            TritonPorts(grpc=grpc, http=http, metrics=metrics),
+            die_with_parent=True,
         )
 
     @property
@@ -322,16 +325,18 @@ def kafka_broker(
     service_backend: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[KafkaService]:
     """A real Kafka 4.x broker for the whole session (``.bootstrap_servers``, restart())."""
-    service: LocalKafka | ContainerKafka
-    if service_backend == "testcontainers":
-        service = ContainerKafka()
-    else:
-        service = LocalKafka(tmp_path_factory.mktemp("kafka-state"))
+    service: LocalKafka | ContainerKafka | None = None
     try:
+        if service_backend == "testcontainers":
+            service = ContainerKafka()
+        else:
+            service = LocalKafka(tmp_path_factory.mktemp("kafka-state"))
         service.start()
     except Exception as error:  # any failure to start: skip locally, fail under CI
-        _cleanup(service)
+        if service is not None:
+            _cleanup(service)
         skip_or_fail(f"Kafka broker ({service_backend}) did not start: {error}")
+    assert service is not None
     yield service
     _cleanup(service)
 
@@ -343,16 +348,18 @@ def triton_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TritonService]:
     """A real Triton server serving the tiny exported model (``.grpc_url``, stop()/start())."""
-    service: LocalTriton | ContainerTriton
-    if service_backend == "testcontainers":
-        service = ContainerTriton(tiny_model_repository)
-    else:
-        service = LocalTriton(tmp_path_factory.mktemp("triton-state"), tiny_model_repository)
+    service: LocalTriton | ContainerTriton | None = None
     try:
+        if service_backend == "testcontainers":
+            service = ContainerTriton(tiny_model_repository)
+        else:
+            service = LocalTriton(tmp_path_factory.mktemp("triton-state"), tiny_model_repository)
         service.start()
     except Exception as error:
-        _cleanup(service)
+        if service is not None:
+            _cleanup(service)
         skip_or_fail(f"Triton server ({service_backend}) did not start: {error}")
+    assert service is not None
     yield service
     _cleanup(service)
 

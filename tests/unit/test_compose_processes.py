@@ -68,3 +68,33 @@ def test_start_error_names_the_component_and_carries_the_log_tail(tmp_path: Path
 def test_wait_until_gives_up_at_the_deadline() -> None:
     assert not wait_until(lambda: False, timeout_s=0.05)
     assert wait_until(lambda: True, timeout_s=0)
+
+
+def test_die_with_parent_stops_the_service_when_its_launcher_dies(tmp_path: Path) -> None:
+    # A launcher (standing in for a killed pytest) starts a sleeper bound to it, then is
+    # SIGKILLed: the kernel must end the sleeper too.
+    marker = str(tmp_path / "bound")
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from compose.processes import ManagedProcess\n"
+            f"p = ManagedProcess('s', Path({str(tmp_path / 's.pid')!r}), "
+            f"Path({str(tmp_path / 's.log')!r}), {marker!r})\n"
+            f"p.start({[*SLEEPER, marker]!r}, die_with_parent=True)\n"
+            "print('started', flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert launcher.stdout is not None and launcher.stdout.readline().strip() == "started"
+        sleeper = _managed(tmp_path, marker)
+        assert sleeper.recorded_pid() is not None
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert wait_until(lambda: sleeper.recorded_pid() is None, timeout_s=10)
