@@ -77,6 +77,8 @@ def resolve_model(model: str, revision: str | None) -> ResolvedModel:
         local = Path(model).expanduser()
         if not (local / "config.json").is_file():
             raise ExportError(f"{model}: not a Hugging Face model folder (no config.json there)")
+        if revision is not None:
+            log.warning("warning: --revision %s ignored: %s is a local folder", revision, model)
         return ResolvedModel(model_id=model, local_dir=local.resolve(), revision=None, commit=None)
 
     from huggingface_hub import snapshot_download  # noqa: PLC0415 - only hub ids need it

@@ -12,11 +12,11 @@ from google.protobuf import text_format  # type: ignore[import-untyped]
 from tritonclient.grpc import model_config_pb2
 
 from emotion_stream.layout import DEFAULT_MODEL_NAME, ModelLayout, project_root
-from exporter import repository
+from exporter import repository, texts
 from exporter.errors import ExportError, ParityGateError
 from exporter.parity import EvalFigures, ParityFigures, enforce_gate, gold_ids, macro_f1
 from exporter.runtime import Threads
-from exporter.texts import LabelledText, read_jsonl
+from exporter.texts import BUILT_IN_TEXTS, LabelledText, read_jsonl, sample_texts
 from exporter.triton_config import config_pbtxt, labels_txt
 
 # cardiffnlp/twitter-roberta-base-emotion's id2label (its config.json on the hub)
@@ -129,3 +129,25 @@ def test_failed_rename_puts_the_previous_model_back(
     with pytest.raises(OSError, match="injected"):
         repository._swap_into_place(staging, target)
     assert (target / "config.pbtxt").read_text() == "old"
+
+
+def test_sample_texts_fall_back_to_built_in_without_shared_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(texts, "SHARED_TWEETS", tmp_path / "absent.jsonl")
+    sample, source = sample_texts(5)
+    assert sample == list(BUILT_IN_TEXTS[:5])
+    assert source.startswith("built-in")
+
+
+def test_sample_texts_read_the_shared_file_when_present(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "tweets.jsonl"
+    shared.write_text(
+        "".join(json.dumps({"text": f"t{i}", "label": "joy"}) + "\n" for i in range(9))
+    )
+    monkeypatch.setattr(texts, "SHARED_TWEETS", shared)
+    sample, source = sample_texts(4)
+    assert sample == ["t0", "t1", "t2", "t3"]
+    assert source == "tweets.jsonl (4)"
