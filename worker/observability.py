@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -29,12 +31,30 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+class JsonLineFormatter(logging.Formatter):
+    """Stdlib records (kafka-python, grpc, the transport) as JSON lines like structlog's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "event": record.getMessage(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+        }
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event, default=str)
+
+
 def configure_logging(level: str = "info") -> None:
     """JSON logs on stderr at ``level`` (process-wide: structlog's config is global)."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    logging.basicConfig(
-        stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s"
-    )
+    # Libraries log through stdlib logging: only their warnings, as JSON too.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLineFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -4,6 +4,7 @@ commits never pass undelivered work, transient failures hold records without los
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -399,6 +400,8 @@ def test_backoff_is_capped_and_jittered() -> None:
 def test_revocation_commits_complete_offsets_and_logs_as_json(
     run_worker: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     configure_logging("debug")
     try:
         h = run_worker({("tweets", 0): tweets(0, 10), ("tweets", 1): tweets(1, 10)})
@@ -408,6 +411,7 @@ def test_revocation_commits_complete_offsets_and_logs_as_json(
         h.stop()
     finally:
         structlog.reset_defaults()
+        root.handlers[:], root.level = handlers, level
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     events = [json.loads(line) for line in lines]
     assert any(e["event"] == "partitions revoked" for e in events)
