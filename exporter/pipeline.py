@@ -46,7 +46,7 @@ from exporter.repository import (
 )
 from exporter.runtime import TRITON_MAX_BATCH, Threads, open_session
 from exporter.speed import measure_speed
-from exporter.texts import read_jsonl, sample_texts
+from exporter.texts import LabelledText, read_jsonl, sample_texts
 from exporter.triton_config import DEFAULT_THREADS, config_pbtxt, labels_txt
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class ExportOptions:
     benchmark_batches: int = DEFAULT_BENCHMARK_BATCHES
     """Batches of 32 timed for the throughput figure."""
     keep_fp32: KeepFp32 = "none"
-    """Nodes left unquantized: none, or the classifier head."""
+    """Nodes left in FP32: none, classifier, last-layer or embeddings (see quantizing)."""
     opset: int | None = None
     """ONNX opset; None takes optimum's default for the architecture."""
     force: bool = False
@@ -138,6 +138,8 @@ def run_export(options: ExportOptions) -> ExportOutcome:
     """
     options.validate()
     layout = ModelLayout(options.output, options.model_name, options.version)
+    # A bad eval file should fail before minutes of export, not after.
+    eval_rows = read_jsonl(options.eval_file) if options.eval_file is not None else None
     with writable_repository(options.output):
         recover(layout)
         source = resolve_model(options.model, options.revision)
@@ -149,12 +151,20 @@ def run_export(options: ExportOptions) -> ExportOutcome:
             return ExportOutcome(layout, read_report(layout) or {}, skipped=True)
         loaded = load_model(source)
         with tempfile.TemporaryDirectory(prefix="emotion-stream-export-") as scratch:
-            report = _build(loaded, options, Path(scratch), layout, expected)
+            report = _build(
+                loaded, options, eval_rows, work=Path(scratch), layout=layout, expected=expected
+            )
     return ExportOutcome(layout, report, skipped=False)
 
 
 def _build(
-    loaded: LoadedModel, options: ExportOptions, work: Path, layout: ModelLayout, expected: str
+    loaded: LoadedModel,
+    options: ExportOptions,
+    eval_rows: list[LabelledText] | None,
+    *,
+    work: Path,
+    layout: ModelLayout,
+    expected: str,
 ) -> dict[str, Any]:
     """The heavy stages, in a scratch folder; publishes only after the gate passed."""
     fp32_path = export_fp32(loaded, work, options.opset)
@@ -164,7 +174,6 @@ def _build(
     fp32 = open_session(fp32_path, options.threads)
     int8 = open_session(int8_path, options.threads)
     texts, text_source = sample_texts(options.parity_sample)
-    eval_rows = read_jsonl(options.eval_file) if options.eval_file is not None else None
     if eval_rows is not None:
         text_source = str(options.eval_file)
     parity = measure_parity(
