@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -126,6 +127,33 @@ def fetch_kafka_jars(libs_dir: Path | None = None, *, mvn: str = "mvn") -> Path:
         raise EmbeddedStackError(f"kafka: fetching jars with Maven failed:\n{output}")
     stamp.write_text(pom_text, encoding="utf-8")
     return libs_dir
+
+
+def ensure_ports_free(component: str, ports: Mapping[str, int]) -> None:
+    """Raise unless each port can be bound on 127.0.0.1 right now.
+
+    Readiness is probed over the network, so a port someone else's broker or server
+    already holds would answer for ours; refuse to start instead.
+
+    Raises
+    ------
+    ServiceStartError
+        Naming the component, the busy port and what it was for.
+    """
+    for purpose, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As the services themselves bind: connections of a previous run lingering
+            # in TIME_WAIT (a restart) do not count, a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError as error:
+                raise ServiceStartError(
+                    component,
+                    f"{purpose} port {LOOPBACK}:{port} is already in use ({error.strerror}); "
+                    "another stack running? see `emotion-stream local status`, or pick "
+                    "other ports",
+                ) from error
 
 
 def _kafka_cluster_id() -> str:
@@ -329,6 +357,9 @@ class KafkaBroker:
                 self.component, f"running but not ready after {timeout_s:.0f} s", self.log_file
             )
         self._check_jars()
+        ensure_ports_free(
+            self.component, {"client": self.ports.port, "controller": self.ports.controller}
+        )
         self.home.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(
             "".join(f"{key}={value}\n" for key, value in self.server_properties().items()),
@@ -602,6 +633,10 @@ class TritonServer:
         binary = pytriton / "tritonserver" / "bin" / "tritonserver"
         if shutil.which(str(binary)) is None:
             raise ServiceStartError(self.component, f"no executable tritonserver at {binary}")
+        ensure_ports_free(
+            self.component,
+            {"gRPC": self.ports.grpc, "HTTP": self.ports.http, "metrics": self.ports.metrics},
+        )
         if self.twin_repository.exists():
             shutil.rmtree(self.twin_repository)
         try:

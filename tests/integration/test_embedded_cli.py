@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,15 @@ def test_triton_start_failure_names_triton_with_its_log(
     assert "emotion-classifier" in raised.value.log_tail
     assert not server.is_running()
     assert _processes_mentioning(str(tmp_path / "stack")) == []
+
+
+def test_a_busy_port_is_refused_instead_of_probing_someone_else(tmp_path: Path) -> None:
+    fetch_kafka_jars()
+    port, controller = free_ports(2)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        broker = KafkaBroker(tmp_path / "stack", KafkaPorts(port, controller))
+        with pytest.raises(ServiceStartError, match=rf"^kafka: client port 127.0.0.1:{port}"):
+            broker.start(timeout_s=30)
+    assert not broker.is_running()

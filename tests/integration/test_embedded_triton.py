@@ -118,3 +118,19 @@ def test_bad_inputs_are_invalid_argument_and_the_server_keeps_serving(
 
     good = _tokens(layout, sample_sentences(2))
     assert _infer(triton_server.grpc_url, layout, good).shape[0] == 2
+
+
+def test_stop_then_start_serves_again_on_the_same_address(
+    triton_server: TritonService, layout: ModelLayout
+) -> None:
+    tokens = _tokens(layout, sample_sentences(3))
+    before = _infer(triton_server.grpc_url, layout, tokens)
+
+    triton_server.stop()
+    with pytest.raises(InferenceServerException):
+        _infer(triton_server.grpc_url, layout, tokens)
+    triton_server.start()
+
+    np.testing.assert_allclose(
+        _infer(triton_server.grpc_url, layout, tokens), before, atol=LOGITS_ATOL
+    )
