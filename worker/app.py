@@ -186,6 +186,18 @@ def _loggable(offsets: dict[Partition, int]) -> dict[str, int]:
     return {f"{topic}:{partition}": offset for (topic, partition), offset in offsets.items()}
 
 
+@dataclass(frozen=True)
+class PublishFailure:
+    """A send the broker did not acknowledge, and what can still be done for its record."""
+
+    ticket: Ticket
+    error: BaseException
+    source: SourceRecord
+    dead_letter_of: PoisonMessage | None = None
+    """For a failed dead letter: why the record was being dead-lettered."""
+    slim: bool = False
+
+
 class Backoff:
     """Capped exponential backoff with full jitter."""
 
@@ -250,9 +262,7 @@ class Worker:
         self._summary_lock = threading.Lock()
 
         # Filled by other threads, drained by the loop thread.
-        self._publish_failures: queue.SimpleQueue[tuple[Ticket, BaseException]] = (
-            queue.SimpleQueue()
-        )
+        self._publish_failures: queue.SimpleQueue[PublishFailure] = queue.SimpleQueue()
         self._revoked: queue.SimpleQueue[set[Partition]] = queue.SimpleQueue()
 
     # --- lifecycle ----------------------------------------------------------------
@@ -548,7 +558,7 @@ class Worker:
 
         def acknowledged(error: BaseException | None) -> None:  # producer thread
             if error is not None:
-                self._publish_failures.put((item.ticket, error))
+                self._publish_failures.put(PublishFailure(item.ticket, error, item.tweet.source))
                 return
             self.tracker.done(item.ticket)
             self.metrics.published.inc()
@@ -558,7 +568,9 @@ class Worker:
 
         self._publisher.send(record, acknowledged)
 
-    def _dead_letter(self, record: SourceRecord, error: PoisonMessage, ticket: Ticket) -> None:
+    def _dead_letter(
+        self, record: SourceRecord, error: PoisonMessage, ticket: Ticket, *, slim: bool = False
+    ) -> None:
         assert self._publisher is not None
         letter = DeadLetter(record=record, error=error, worker_id=self.settings.worker_id)
         self._log.info(
@@ -568,30 +580,45 @@ class Worker:
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
+            slim=slim,
         )
 
         def acknowledged(failure: BaseException | None) -> None:  # producer thread
             if failure is not None:
-                self._publish_failures.put((ticket, failure))
+                self._publish_failures.put(
+                    PublishFailure(ticket, failure, record, dead_letter_of=error, slim=slim)
+                )
                 return
             self.tracker.done(ticket)
             self.metrics.dead_lettered.labels(error_class=letter.error_class).inc()
             with self._summary_lock:
                 self._summary.dead_lettered += 1
 
-        self._publisher.send(letter.to_record(self.settings.dlq_topic), acknowledged)
+        self._publisher.send(letter.to_record(self.settings.dlq_topic, slim=slim), acknowledged)
 
     def _handle_publish_failures(self) -> None:
-        """A send that failed: re-read its partition from the watermark, or stop."""
+        """A send that failed: dead-letter what is too large, re-read the partition from its
+        watermark after a transient failure, stop on anything else."""
         rewound: set[Partition] = set()
         while True:
             try:
-                ticket, error = self._publish_failures.get_nowait()
+                failure = self._publish_failures.get_nowait()
             except queue.Empty:
                 break
+            ticket, error = failure.ticket, failure.error
+            if not self.tracker.is_current(ticket):
+                continue  # its partition is re-read anyway
+            if isinstance(error, PoisonMessage) and not failure.slim:
+                # Too large: a result becomes a dead letter; a dead letter goes out slim.
+                self._log.warning("record too large", error=str(error)[:200])
+                if failure.dead_letter_of is None:
+                    self._dead_letter(failure.source, error, ticket)
+                else:
+                    self._dead_letter(failure.source, failure.dead_letter_of, ticket, slim=True)
+                continue
             if not isinstance(error, TransientError):
-                raise error if isinstance(error, WorkerError) else FatalError(str(error))
-            if ticket.partition in rewound or not self.tracker.is_current(ticket):
+                raise error if isinstance(error, FatalError) else FatalError(str(error))
+            if ticket.partition in rewound:
                 continue
             rewound.add(ticket.partition)
             offset = self.tracker.rewind(ticket.partition)

@@ -99,6 +99,18 @@ class TextTooLarge(PoisonMessage):
         super().__init__(f"text is {size} bytes, over the {limit}-byte cap (max_text_bytes)")
 
 
+class RecordTooLarge(PoisonMessage):
+    """The broker (or the producer's size check) refused a record as too large.
+
+    For a result, the input is dead-lettered instead; for a dead letter, it is sent again
+    without the original headers and value (the ``dlq.source.*`` headers still point to it).
+    """
+
+    def __init__(self, topic: str, detail: str) -> None:
+        self.topic = topic
+        super().__init__(f"record for {topic!r} too large: {detail}")
+
+
 class InferenceRejected(PoisonMessage):
     """Triton refused this input (INVALID_ARGUMENT): retrying will never help."""
 

@@ -40,6 +40,8 @@ DLQ_SOURCE_OFFSET = "dlq.source.offset"
 DLQ_SOURCE_TIMESTAMP = "dlq.source.timestamp"
 DLQ_WORKER_ID = "dlq.worker.id"
 DLQ_TIME = "dlq.time"
+# Only on a dead letter too large to send whole: what was left out of it.
+DLQ_DROPPED = "dlq.original.dropped"
 DLQ_HEADERS = (
     DLQ_ERROR_CLASS,
     DLQ_ERROR_MESSAGE,
@@ -280,8 +282,19 @@ class DeadLetter:
             (DLQ_TIME, self.failed_at.isoformat().encode()),
         )
 
-    def to_record(self, topic: str) -> OutboundRecord:
-        """Original key, value (null stays null) and headers, then the ``dlq.*`` headers."""
+    def to_record(self, topic: str, *, slim: bool = False) -> OutboundRecord:
+        """Original key, value (null stays null) and headers, then the ``dlq.*`` headers.
+
+        ``slim`` leaves out the original value and headers, for a dead letter the broker
+        refused as too large; ``dlq.source.*`` still say where the original is.
+        """
+        if slim:
+            return OutboundRecord(
+                topic=topic,
+                key=self.record.key,
+                value=None,
+                headers=(*self.context_headers(), (DLQ_DROPPED, b"value,headers")),
+            )
         return OutboundRecord(
             topic=topic,
             key=self.record.key,

@@ -27,7 +27,7 @@ from kafka import TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
-from worker.errors import BrokerUnavailable, FatalError, WorkerError
+from worker.errors import BrokerUnavailable, FatalError, RecordTooLarge, WorkerError
 from worker.messages import OutboundRecord, SourceRecord
 from worker.offsets import Partition
 from worker.settings import WorkerSettings
@@ -46,6 +46,8 @@ def translate_kafka_error(exc: BaseException, operation: str) -> WorkerError:
     """The worker error for an exception from kafka-python."""
     if isinstance(exc, WorkerError):
         return exc
+    if isinstance(exc, kafka.errors.MessageSizeTooLargeError | kafka.errors.RecordTooLargeError):
+        return RecordTooLarge(operation, str(exc))
     if isinstance(exc, kafka.errors.KafkaError) and exc.retriable:
         return BrokerUnavailable(operation, str(exc))
     if isinstance(exc, kafka.errors.KafkaError | OSError):
@@ -266,12 +268,10 @@ class KafkaPublisher:
                 headers=list(record.headers),
             )
         except Exception as exc:
-            on_done(translate_kafka_error(exc, f"send to {record.topic}"))
+            on_done(translate_kafka_error(exc, record.topic))
             return
         future.add_callback(lambda _metadata: on_done(None))
-        future.add_errback(
-            lambda exc: on_done(translate_kafka_error(exc, f"send to {record.topic}"))
-        )
+        future.add_errback(lambda exc: on_done(translate_kafka_error(exc, record.topic)))
 
     def flush(self, timeout_s: float) -> bool:
         """Wait for every send to be acknowledged or failed; False on timeout."""

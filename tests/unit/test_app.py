@@ -15,7 +15,7 @@ import pytest
 import structlog
 
 from worker.app import Backoff, Worker
-from worker.errors import InferenceRejected, InferenceUnavailable, ModelMismatch
+from worker.errors import InferenceRejected, InferenceUnavailable, ModelMismatch, RecordTooLarge
 from worker.inference import Classified, ModelSpec, softmax
 from worker.messages import OutboundRecord, SourceRecord
 from worker.observability import configure_logging
@@ -109,9 +109,10 @@ class FakeSource:
 
 
 class FakePublisher:
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
         self.sent: list[OutboundRecord] = []
         self.lock = threading.Lock()
+        self.max_bytes = max_bytes
 
     def __enter__(self) -> FakePublisher:
         return self
@@ -120,6 +121,10 @@ class FakePublisher:
         pass
 
     def send(self, record: OutboundRecord, on_done: Callable[[BaseException | None], None]) -> None:
+        size = len(record.value or b"") + sum(len(n) + len(v) for n, v in record.headers)
+        if self.max_bytes is not None and size > self.max_bytes:
+            on_done(RecordTooLarge(record.topic, f"{size} bytes"))
+            return
         with self.lock:
             self.sent.append(record)
         on_done(None)
@@ -222,9 +227,10 @@ def run_worker() -> Iterator[Callable[..., Harness]]:
     def start(
         records: dict[Partition, list[SourceRecord]],
         classifier: FakeClassifier | None = None,
+        publisher_max_bytes: int | None = None,
         **overrides: Any,
     ) -> Harness:
-        source, publisher = FakeSource(records), FakePublisher()
+        source, publisher = FakeSource(records), FakePublisher(publisher_max_bytes)
         worker = Worker(
             settings(**overrides),
             source=lambda s, handler: source,
@@ -416,3 +422,27 @@ def test_revocation_commits_complete_offsets_and_logs_as_json(
     events = [json.loads(line) for line in lines]
     assert any(e["event"] == "partitions revoked" for e in events)
     assert any(e["event"] == "batch" and e["level"] == "debug" for e in events)
+
+
+def test_records_too_large_for_the_broker_are_dead_lettered_not_fatal(run_worker: Any) -> None:
+    limit = 2615  # between the result (~2680 bytes) and its dead letter (~2550)
+    records = [
+        record(0, 0, b'{"id": "ok", "text": "short"}'),
+        record(0, 1, json.dumps({"id": "long", "text": "y" * 2300}).encode()),
+        SourceRecord("tweets", 0, 2, None, b"k", b"", (("big", b"h" * 3000),)),
+        record(0, 3, b'{"id": "ok2", "text": "short too"}'),
+    ]
+    h = run_worker({("tweets", 0): records}, publisher_max_bytes=limit)
+    wait_for(lambda: len(h.outputs()) + len(h.dead_letters()) == 4, "all four done")
+    wait_for(lambda: h.source.committed() == {("tweets", 0): 4}, "committed past them")
+    h.stop()
+    assert [o["id"] for o in h.outputs()] == ["ok", "ok2"]
+    letters = {int(dict(d.headers)["dlq.source.offset"]): d for d in h.dead_letters()}
+    # The result repeating a 2300-byte text was refused: the input is dead-lettered whole.
+    assert dict(letters[1].headers)["dlq.error.class"] == b"RecordTooLarge"
+    assert letters[1].value == records[1].value
+    # An empty value with huge headers: dead-lettered slim, context kept.
+    slim = dict(letters[2].headers)
+    assert slim["dlq.error.class"] == b"EmptyText"
+    assert slim["dlq.original.dropped"] == b"value,headers"
+    assert "big" not in slim and letters[2].value is None
