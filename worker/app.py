@@ -128,7 +128,7 @@ class Tokenizer(Protocol):
 
 
 class RebalanceAware(Protocol):
-    def on_assigned(self, partitions: set[Partition]) -> None: ...
+    def on_assigned(self, partitions: set[Partition]) -> dict[Partition, int]: ...
     def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]: ...
     def on_lost(self, partitions: set[Partition]) -> None: ...
 
@@ -256,6 +256,8 @@ class Worker:
         self._retry: deque[MicroBatch] = deque()
         self._backoff = Backoff(settings.retry_backoff_initial_s, settings.retry_backoff_max_s)
         self._retry_at: float | None = None
+        """While backing off: when the held batches may be tried again."""
+        self._inference_failing = False
         self._model = ModelRef(name=settings.model_name, version=settings.model_version or "?")
         self._last_commit = 0.0
         self._summary = ThroughputSummary(settings.log_summary_interval_s)
@@ -264,6 +266,8 @@ class Worker:
         # Filled by other threads, drained by the loop thread.
         self._publish_failures: queue.SimpleQueue[PublishFailure] = queue.SimpleQueue()
         self._revoked: queue.SimpleQueue[set[Partition]] = queue.SimpleQueue()
+        self._resume_from: dict[Partition, int] = {}
+        self._resume_lock = threading.Lock()
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -490,7 +494,7 @@ class Worker:
                 raise
             except Exception as exc:  # a bug, not a policy: stop loudly, commit nothing more
                 raise FatalError(f"inference failed unexpectedly: {exc!r}") from exc
-            if self._retry_at is not None:
+            if self._inference_failing:
                 self._recovered()
             self._publish(head.batch, outcomes, version, seconds)
 
@@ -502,6 +506,7 @@ class Worker:
         self._retry.extendleft(reversed([failed.batch, *later]))
         delay = self._backoff.next_delay()
         self._retry_at = time.monotonic() + delay
+        self._inference_failing = True
         self.metrics.retries.labels(reason=type(error).__name__).inc()
         if self._set_ready(False, f"backing off: {error}"):
             self._log.warning(
@@ -516,6 +521,7 @@ class Worker:
 
     def _recovered(self) -> None:
         self._retry_at = None
+        self._inference_failing = False
         self._backoff.reset()
         self._set_ready(True)
         self._log.info("inference recovered", held_batches=len(self._retry))
@@ -635,11 +641,18 @@ class Worker:
 
     # --- rebalance (called on kafka-python's I/O thread, inside poll) -----------------
 
-    def on_assigned(self, partitions: set[Partition]) -> None:
-        self._log.info("partitions assigned", partitions=sorted(partitions))
+    def on_assigned(self, partitions: set[Partition]) -> dict[Partition, int]:
+        with self._resume_lock:
+            seeks = {p: o for p, o in self._resume_from.items() if p in partitions}
+            self._resume_from.clear()
+        self._log.info(
+            "partitions assigned", partitions=sorted(partitions), rereading=_loggable(seeks)
+        )
+        return seeks
 
     def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]:
         complete = {p: o for p, o in self.tracker.committable().items() if p in partitions}
+        self._remember_unfinished(partitions)
         self.tracker.forget(partitions)
         self._revoked.put(set(partitions))
         self._log.info(
@@ -648,9 +661,15 @@ class Worker:
         return complete
 
     def on_lost(self, partitions: set[Partition]) -> None:
+        self._remember_unfinished(partitions)
         self.tracker.forget(partitions)
         self._revoked.put(set(partitions))
         self._log.warning("partitions lost", partitions=sorted(partitions))
+
+    def _remember_unfinished(self, partitions: set[Partition]) -> None:
+        """Where to re-read if these partitions come back to us (their work is dropped)."""
+        with self._resume_lock:
+            self._resume_from.update(self.tracker.unfinished(partitions))
 
     def _forget_revoked(self) -> None:
         gone: set[Partition] = set()
@@ -672,6 +691,10 @@ class Worker:
             if items:
                 kept.append(MicroBatch(items))
         self._retry = kept
+        if not self._retry and self._retry_at is not None:
+            # Nothing held any more: stop waiting, and let the next batch be the probe
+            # (readiness stays false until an inference succeeds).
+            self._retry_at = None
         if dropped:
             self._log.info("dropped unprocessed tweets", count=dropped)
 

@@ -119,6 +119,16 @@ class CommitTracker:
                 if state is not None and (state.committed is None or offset > state.committed):
                     state.committed = offset
 
+    def unfinished(self, partitions: set[Partition]) -> dict[Partition, int]:
+        """The first offset not yet done, for each partition that has one pending: where
+        reading must start again if the partition's in-memory work is dropped."""
+        with self._lock:
+            return {
+                partition: int(state.pending[0][0])
+                for partition, state in self._partitions.items()
+                if partition in partitions and state.pending
+            }
+
     def forget(self, partitions: list[Partition] | set[Partition]) -> None:
         """Drop partitions (revoked or lost); their late acknowledgements are ignored."""
         with self._lock:

@@ -64,7 +64,9 @@ def _partition(tp: Any) -> Partition:
 class RebalanceHandler(Protocol):
     """What the worker does when partitions move."""
 
-    def on_assigned(self, partitions: set[Partition]) -> None: ...
+    def on_assigned(self, partitions: set[Partition]) -> dict[Partition, int]:
+        """Note the assignment; return where to re-read partitions whose work was dropped."""
+        ...
 
     def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]:
         """Forget the partitions; return the offsets that are complete and may be committed."""
@@ -91,7 +93,11 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
         try:
-            self._handler.on_assigned({_partition(tp) for tp in assigned})
+            seeks = self._handler.on_assigned({_partition(tp) for tp in assigned})
+            # kafka-python keeps the fetch position of a partition that stays assigned
+            # across a rebalance; work dropped at revocation must be read again.
+            for partition, offset in seeks.items():
+                self._source.seek(partition, offset)
         except Exception:
             log.exception("assignment handling failed")
 

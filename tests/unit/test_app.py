@@ -59,6 +59,14 @@ class FakeSource:
             del self.records[partition]
             return complete
 
+    def rebalance_keeping(self, worker: Worker, partition: Partition) -> None:
+        """Revoke and assign the same partition again; like kafka-python 3, the fetch
+        position survives unless the worker seeks."""
+        with self.lock:
+            worker.on_revoked({partition})
+            for sought, offset in worker.on_assigned({partition}).items():
+                self.position[sought] = offset
+
     def poll(self, timeout_s: float) -> list[SourceRecord]:
         with self.lock:
             return self._poll(timeout_s)
@@ -446,3 +454,16 @@ def test_records_too_large_for_the_broker_are_dead_lettered_not_fatal(run_worker
     assert slim["dlq.error.class"] == b"EmptyText"
     assert slim["dlq.original.dropped"] == b"value,headers"
     assert "big" not in slim and letters[2].value is None
+
+
+def test_partition_revoked_and_assigned_again_rereads_dropped_work(run_worker: Any) -> None:
+    classifier = FakeClassifier(failures=10**9)
+    h = run_worker({("tweets", 0): tweets(0, 20)}, classifier=classifier)
+    wait_for(lambda: h.source.paused, "held for retry")
+    h.source.rebalance_keeping(h.worker, ("tweets", 0))
+    with classifier.lock:
+        classifier.failures = 0
+    wait_for(lambda: h.source.committed().get(("tweets", 0)) == 20, "all 20 committed")
+    h.stop()
+    offsets = sorted({o["source"]["offset"] for o in h.outputs()})
+    assert offsets == list(range(20))  # nothing skipped: the dropped ones were read again
