@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import logging
 import os
 import shutil
 import socket
@@ -78,7 +77,6 @@ FETCH_STAMP = ".fetched-from-pom"
 FETCH_TIMEOUT_S = 600.0
 
 PYTRITON_DIR_NAME = "pytriton"
-_log = logging.getLogger(__name__)
 
 
 def default_kafka_libs_dir() -> Path:

@@ -38,6 +38,9 @@ SERVICES = ("kafka", "triton")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# The worker's settings for non-default ports (EMOTION_STREAM_ prefix, worker/settings.py).
+WORKER_KAFKA_ENV = "EMOTION_STREAM_KAFKA_BOOTSTRAP_SERVERS"
+WORKER_TRITON_ENV = "EMOTION_STREAM_TRITON_URL"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +150,7 @@ def up(args: argparse.Namespace) -> int:
 
     started: list[KafkaBroker | TritonServer] = []
     lines: list[str] = []
+    worker_env: dict[str, str] = {}
     try:
         if "kafka" in services:
             broker = KafkaBroker.recorded(state_dir)
@@ -162,6 +166,8 @@ def up(args: argparse.Namespace) -> int:
             created = broker.create_topics(wanted)
             topics = ", ".join(f"{name} ({count} partitions)" for name, count in wanted.items())
             lines.append(_describe_kafka(broker))
+            if broker.ports.port != DEFAULT_KAFKA_PORT:
+                worker_env[WORKER_KAFKA_ENV] = broker.bootstrap_servers
             lines.append(
                 f"        topics {topics}"
                 + (f"; created now: {', '.join(created)}" if created else "")
@@ -180,6 +186,8 @@ def up(args: argparse.Namespace) -> int:
             if server.start(args.triton_timeout):
                 started.append(server)
             lines.append(_describe_triton(server))
+            if server.ports.grpc != DEFAULT_TRITON_GRPC_PORT:
+                worker_env[WORKER_TRITON_ENV] = server.grpc_url
     except EmbeddedStackError as error:
         # Leave nothing half-up: stop what this call started, keep what ran before.
         for service in reversed(started):
@@ -187,6 +195,9 @@ def up(args: argparse.Namespace) -> int:
         print(f"emotion-stream local up failed: {error}", file=sys.stderr)
         return EXIT_FAILED
     print("\n".join(["", *lines, ""]))
+    if worker_env:
+        # The worker's settings (worker/settings.py) default to the Compose ports.
+        print("for the worker: " + " ".join(f"{key}={value}" for key, value in worker_env.items()))
     print(f"state, data and logs in {state_dir}")
     print(f"stop with: emotion-stream local down --state-dir {state_dir}")
     return EXIT_OK

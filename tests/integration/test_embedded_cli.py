@@ -67,6 +67,8 @@ def test_up_twice_status_down_leaves_no_process(
         assert f"127.0.0.1:{kafka}" in first.stdout
         assert f"grpc 127.0.0.1:{grpc}" in first.stdout
         assert "emotion-stream local down" in first.stdout
+        assert f"EMOTION_STREAM_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{kafka}" in first.stdout
+        assert f"EMOTION_STREAM_TRITON_URL=127.0.0.1:{grpc}" in first.stdout
         pids = {path.read_text().strip() for path in state.glob("*/*.pid")}
         assert len(pids) == 2
 
