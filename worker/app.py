@@ -186,6 +186,10 @@ def _loggable(offsets: dict[Partition, int]) -> dict[str, int]:
     return {f"{topic}:{partition}": offset for (topic, partition), offset in offsets.items()}
 
 
+class _StoppedWhileStartingError(Exception):
+    """stop() arrived while starting up: leave quietly, nothing was consumed."""
+
+
 @dataclass(frozen=True)
 class PublishFailure:
     """A send the broker did not acknowledge, and what can still be done for its record."""
@@ -291,6 +295,12 @@ class Worker:
         FatalError
             The worker cannot work as configured (model mismatch, refused writes...).
         """
+        try:
+            self._run()
+        except _StoppedWhileStartingError:
+            self._log.info("stopped before consuming")
+
+    def _run(self) -> None:
         s = self.settings
         with contextlib.ExitStack() as stack:
             if s.metrics_enabled:
@@ -383,7 +393,7 @@ class Worker:
                 entered = client.__enter__()
             except TransientError as exc:
                 if self._stop.is_set():
-                    raise FatalError(f"stopped while connecting to Kafka: {exc}") from exc
+                    raise _StoppedWhileStartingError from exc
                 delay = backoff.next_delay()
                 self._set_ready(False, f"waiting for Kafka: {exc}")
                 self._log.warning("waiting for Kafka", error=str(exc), retry_in_s=round(delay, 2))
