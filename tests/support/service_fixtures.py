@@ -44,9 +44,9 @@ from tests.conftest import skip_or_fail
 
 BACKEND_ENV = "EMOTION_STREAM_TEST_BACKEND"
 BACKENDS = ("local", "testcontainers", "auto")
-# Images of the testcontainers backend: the Compose stack's versions (Triton 24.10 is
-# server 2.51, the same as pytriton's binary).
-KAFKA_IMAGE = os.environ.get("EMOTION_STREAM_KAFKA_IMAGE", "apache/kafka:4.1.0")
+# Images of the testcontainers backend, the versions the embedded stack runs: Kafka as in
+# compose/kafka/pom.xml, Triton 24.10 = server 2.51 like pytriton's binary.
+KAFKA_IMAGE = os.environ.get("EMOTION_STREAM_KAFKA_IMAGE", "apache/kafka:4.4.0")
 TRITON_IMAGE = os.environ.get(
     "EMOTION_STREAM_TRITON_IMAGE", "nvcr.io/nvidia/tritonserver:24.10-py3"
 )
