@@ -42,11 +42,15 @@ COMMIT_TIMEOUT_MS = 10_000
 PRODUCER_LINGER_MS = 5
 
 
+# The producer's own size check and the broker's answers for a record over its limits.
+_TOO_LARGE = (kafka.errors.MessageSizeTooLargeError, kafka.errors.RecordListTooLargeError)
+
+
 def translate_kafka_error(exc: BaseException, operation: str) -> WorkerError:
     """The worker error for an exception from kafka-python."""
     if isinstance(exc, WorkerError):
         return exc
-    if isinstance(exc, kafka.errors.MessageSizeTooLargeError | kafka.errors.RecordTooLargeError):
+    if isinstance(exc, _TOO_LARGE):
         return RecordTooLarge(operation, str(exc))
     if isinstance(exc, kafka.errors.KafkaError) and exc.retriable:
         return BrokerUnavailable(operation, str(exc))
