@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,24 @@ def test_stop_then_start_serves_again_on_the_same_address(
     np.testing.assert_allclose(
         _infer(triton_server.grpc_url, layout, tokens), before, atol=LOGITS_ATOL
     )
+
+
+def test_concurrent_requests_each_get_their_own_logits(
+    triton_server: TritonService, layout: ModelLayout
+) -> None:
+    # Same padded length, sent at once: dynamic batching may hand them to the twin
+    # together, and it runs them as one batch like Triton's onnxruntime backend would.
+    # INT8 dynamic quantization scales activations per tensor, so a row's logits move a
+    # little with its batch mates; what must hold is that every answer is its own
+    # request's (far closer to its own logits than to any other request's).
+    tokens = _tokens(layout, sample_sentences(16))
+    rows = [{name: array[row : row + 1] for name, array in tokens.items()} for row in range(16)]
+    alone = np.concatenate([_in_process(layout, row) for row in rows])
+
+    with ThreadPoolExecutor(max_workers=len(rows)) as pool:
+        served = np.concatenate(
+            list(pool.map(lambda row: _infer(triton_server.grpc_url, layout, row), rows))
+        )
+
+    distances = np.linalg.norm(served[:, None, :] - alone[None, :, :], axis=2)
+    assert distances.argmin(axis=1).tolist() == list(range(len(rows)))

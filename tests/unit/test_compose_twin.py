@@ -196,3 +196,39 @@ def test_twin_tensor_names_match_the_shared_layout() -> None:
         layout.ATTENTION_MASK,
     )
     assert twin_model.ONNX_FILE == layout.ONNX_FILE
+
+
+def _summing_model(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Stands in for onnxruntime: one output row per input row; refuses id 99."""
+    ids = feeds["input_ids"]
+    if (ids == 99).any():
+        raise ValueError("bad id 99")
+    return [ids.sum(axis=1, keepdims=True).astype(np.float32)]
+
+
+def _request(*rows: list[int]) -> dict[str, np.ndarray]:
+    ids = np.array(rows, dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def test_same_shaped_requests_run_as_one_batch_and_split_back() -> None:
+    calls: list[int] = []
+
+    def model(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        calls.append(len(feeds["input_ids"]))
+        return _summing_model(feeds)
+
+    requests = [_request([1, 2]), _request([3, 4], [5, 6]), _request([1, 1, 1]), _request([7, 8])]
+    outcomes = twin_model.run_merged(requests, model)
+
+    assert sorted(calls) == [1, 4]  # the three 2-token requests together, the 3-token alone
+    assert [o[0].ravel().tolist() for o in outcomes] == [[3], [7, 11], [3], [15]]
+
+
+def test_a_failing_merged_batch_fails_only_the_guilty_request() -> None:
+    outcomes = twin_model.run_merged(
+        [_request([1, 2]), _request([99, 1]), _request([3, 3])], _summing_model
+    )
+
+    assert isinstance(outcomes[1], ValueError)
+    assert [outcomes[0][0].ravel().tolist(), outcomes[2][0].ravel().tolist()] == [[3], [6]]
