@@ -11,8 +11,14 @@ two backends behind the same small interface (:class:`KafkaService`,
   onnxruntime backend) through testcontainers.
 
 ``EMOTION_STREAM_TEST_BACKEND`` chooses (``local``, ``testcontainers`` or ``auto``, the
-default: testcontainers when a Docker engine answers, local otherwise). A service that
-cannot start skips its tests locally and fails them under ``CI=true``.
+default: testcontainers when a Docker engine answers and already holds both images — a
+pull may be impossible, as on the CI machine — local otherwise). A service that cannot
+start skips its tests locally and fails them under ``CI=true``.
+
+``EMOTION_STREAM_TEST_DOCKER_NETWORK=host`` runs the containers in the host's network
+namespace, listening on free 127.0.0.1 ports, for engines without a bridge network
+(``dockerd --bridge=none``, as compose/ci/stage.sh starts it); the default publishes the
+container ports on free host ports.
 
 Tests get unique topic and group names from ``unique_name`` so they never see each
 other's messages on the shared broker.
@@ -50,6 +56,7 @@ KAFKA_IMAGE = os.environ.get("EMOTION_STREAM_KAFKA_IMAGE", "apache/kafka:4.4.0")
 TRITON_IMAGE = os.environ.get(
     "EMOTION_STREAM_TRITON_IMAGE", "nvcr.io/nvidia/tritonserver:24.10-py3"
 )
+NETWORK_ENV = "EMOTION_STREAM_TEST_DOCKER_NETWORK"
 CONTAINER_START_TIMEOUT_S = 180.0
 DOCKER_PING_TIMEOUT_S = 3
 KAFKA_NAME_LIMIT = 200  # Kafka allows 249 characters in a topic name
@@ -179,7 +186,10 @@ class LocalTriton:
 
 
 def docker_available() -> bool:
-    """Whether a Docker engine answers (checked only when one is configured or has a socket)."""
+    """Whether a Docker engine answers and holds both images (``auto`` never pulls).
+
+    Checked only when an engine is configured or has a socket.
+    """
     if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
         return False
     try:
@@ -187,11 +197,20 @@ def docker_available() -> bool:
 
         client = docker.from_env(timeout=DOCKER_PING_TIMEOUT_S)
         try:
-            return bool(client.ping())
+            if not client.ping():
+                return False
+            for image in (KAFKA_IMAGE, TRITON_IMAGE):
+                client.images.get(image)  # raises ImageNotFound
+            return True
         finally:
             client.close()
     except Exception:
         return False
+
+
+def host_network() -> bool:
+    """Whether containers share the host's network (``EMOTION_STREAM_TEST_DOCKER_NETWORK``)."""
+    return os.environ.get(NETWORK_ENV, "").strip().lower() == "host"
 
 
 class ContainerKafka:
@@ -203,25 +222,30 @@ class ContainerKafka:
     def __init__(self, image: str = KAFKA_IMAGE) -> None:
         from testcontainers.core.container import DockerContainer  # noqa: PLC0415 - optional
 
-        self.host_port = free_port()
-        self.container: Any = (
-            DockerContainer(image)
-            .with_bind_ports(9092, self.host_port)
-            .with_envs(
-                KAFKA_NODE_ID="1",
-                KAFKA_PROCESS_ROLES="broker,controller",
-                KAFKA_LISTENERS="PLAINTEXT://:9092,CONTROLLER://:9093",
-                KAFKA_ADVERTISED_LISTENERS=f"PLAINTEXT://127.0.0.1:{self.host_port}",
-                KAFKA_CONTROLLER_LISTENER_NAMES="CONTROLLER",
-                KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                KAFKA_CONTROLLER_QUORUM_VOTERS="1@localhost:9093",
-                KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="1",
-                KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR="1",
-                KAFKA_TRANSACTION_STATE_LOG_MIN_ISR="1",
-                KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR="1",
-                KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR="1",
-                KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS="0",
+        self.host_port, controller = free_ports(2)
+        if host_network():
+            listeners = (
+                f"PLAINTEXT://127.0.0.1:{self.host_port},CONTROLLER://127.0.0.1:{controller}"
             )
+            voters = f"1@127.0.0.1:{controller}"
+            container = DockerContainer(image).with_kwargs(network_mode="host")
+        else:
+            listeners, voters = "PLAINTEXT://:9092,CONTROLLER://:9093", "1@localhost:9093"
+            container = DockerContainer(image).with_bind_ports(9092, self.host_port)
+        self.container: Any = container.with_envs(
+            KAFKA_NODE_ID="1",
+            KAFKA_PROCESS_ROLES="broker,controller",
+            KAFKA_LISTENERS=listeners,
+            KAFKA_ADVERTISED_LISTENERS=f"PLAINTEXT://127.0.0.1:{self.host_port}",
+            KAFKA_CONTROLLER_LISTENER_NAMES="CONTROLLER",
+            KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            KAFKA_CONTROLLER_QUORUM_VOTERS=voters,
+            KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="1",
+            KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR="1",
+            KAFKA_TRANSACTION_STATE_LOG_MIN_ISR="1",
+            KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR="1",
+            KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR="1",
+            KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS="0",
         )
         # Readiness is probed exactly as for the local broker.
         self._probe = KafkaBroker(Path("/nonexistent"), KafkaPorts(self.host_port, 0))
@@ -266,13 +290,20 @@ class ContainerTriton:
 
         grpc, http = free_ports(2)
         self.ports = TritonPorts(grpc=grpc, http=http, metrics=0)
-        self.container: Any = (
-            DockerContainer(image)
-            .with_bind_ports(8001, grpc)
-            .with_bind_ports(8000, http)
-            .with_volume_mapping(str(repository.resolve()), "/models", "ro")
-            .with_command("tritonserver --model-repository=/models --allow-metrics=false")
-        )
+        command = "tritonserver --model-repository=/models --allow-metrics=false"
+        if host_network():
+            container = DockerContainer(image).with_kwargs(network_mode="host")
+            command += (
+                f" --http-address=127.0.0.1 --http-port={http}"
+                f" --grpc-address=127.0.0.1 --grpc-port={grpc}"
+            )
+        else:
+            container = (
+                DockerContainer(image).with_bind_ports(8001, grpc).with_bind_ports(8000, http)
+            )
+        self.container: Any = container.with_volume_mapping(
+            str(repository.resolve()), "/models", "ro"
+        ).with_command(command)
         self._probe = TritonServer(Path("/nonexistent"), Path(), self.ports)
         self._started = False
 
