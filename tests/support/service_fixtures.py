@@ -199,13 +199,23 @@ def docker_available() -> bool:
         try:
             if not client.ping():
                 return False
-            for image in (KAFKA_IMAGE, TRITON_IMAGE):
+            for image in _images_needed():
                 client.images.get(image)  # raises ImageNotFound
             return True
         finally:
             client.close()
     except Exception:
         return False
+
+
+def _images_needed() -> list[str]:
+    """The services' images, and testcontainers' Ryuk reaper unless it is disabled."""
+    from testcontainers.core.config import testcontainers_config  # noqa: PLC0415 - optional
+
+    images = [KAFKA_IMAGE, TRITON_IMAGE]
+    if not testcontainers_config.ryuk_disabled:
+        images.append(testcontainers_config.ryuk_image)
+    return images
 
 
 def host_network() -> bool:
