@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,6 @@ from worker.tools import main
 pytestmark = pytest.mark.integration
 
 CONSUME_IDLE_S = "20"
-
-
-def _name(unique_name: Any, prefix: str) -> str:
-    return unique_name(prefix) if callable(unique_name) else f"{unique_name}-{prefix}"
 
 
 def _create_topic(servers: str, topic: str) -> None:
@@ -47,10 +44,13 @@ def _read_all(servers: str, topic: str, expected: int) -> list[Any]:
 
 
 def test_produce_sends_json_and_plain_lines_keyed_by_id(
-    kafka_broker: Any, unique_name: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    kafka_broker: Any,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     servers = kafka_broker.bootstrap_servers
-    topic = _name(unique_name, "tools-in")
+    topic = unique_name("tools-in")
     _create_topic(servers, topic)
     lines = tmp_path / "tweets.jsonl"
     lines.write_text(
@@ -78,10 +78,10 @@ def test_produce_sends_json_and_plain_lines_keyed_by_id(
 
 
 def test_consume_prints_results_one_line_each_and_stops_after_max_messages(
-    kafka_broker: Any, unique_name: Any, capsys: pytest.CaptureFixture[str]
+    kafka_broker: Any, unique_name: Callable[[str], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     servers = kafka_broker.bootstrap_servers
-    topic = _name(unique_name, "tools-out")
+    topic = unique_name("tools-out")
     _create_topic(servers, topic)
     producer = KafkaProducer(bootstrap_servers=servers, acks="all")
     for number, label in enumerate(["joy", "anger", "sadness"]):
@@ -101,13 +101,13 @@ def test_consume_prints_results_one_line_each_and_stops_after_max_messages(
 
 
 def test_consume_never_shows_results_of_an_aborted_transaction(
-    kafka_broker: Any, unique_name: Any, capsys: pytest.CaptureFixture[str]
+    kafka_broker: Any, unique_name: Callable[[str], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     servers = kafka_broker.bootstrap_servers
-    topic = _name(unique_name, "tools-txn")
+    topic = unique_name("tools-txn")
     _create_topic(servers, topic)
     producer = KafkaProducer(
-        bootstrap_servers=servers, transactional_id=_name(unique_name, "txn"), acks="all"
+        bootstrap_servers=servers, transactional_id=unique_name("txn"), acks="all"
     )
     try:
         producer.init_transactions()

@@ -36,14 +36,14 @@ def make_pipeline(
     kafka_broker: Any,
     triton_server: Any,
     tiny_model_repository: Path,
-    unique_name: Any,
+    unique_name: Callable[[str], str],
     tmp_path: Path,
 ) -> Iterator[Callable[..., Pipeline]]:
     """Build pipelines on the fixtures' broker and Triton; kill their workers afterwards."""
     built: list[Pipeline] = []
 
     def build(*, partitions: int = 1, **worker_env: str) -> Pipeline:
-        name = unique_name("faults") if callable(unique_name) else f"{unique_name}-{len(built)}"
+        name = unique_name("faults")
         pipeline = Pipeline(
             bootstrap_servers=kafka_broker.bootstrap_servers,
             triton_url=triton_server.grpc_url,

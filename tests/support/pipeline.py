@@ -87,7 +87,9 @@ class WorkerRun:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        tail = self.log().splitlines()[-lines:]
+        """The last lines of the log that say something (throughput summaries left out)."""
+        telling = [line for line in self.log().splitlines() if '"event": "throughput"' not in line]
+        tail = telling[-lines:]
         return f"--- {self.name} (pid {self.pid}, exit {self.process.poll()}) log tail:\n" + (
             "\n".join(tail)
         )
