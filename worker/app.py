@@ -32,6 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -428,8 +429,14 @@ class Worker:
 
     def _poll(self) -> list[SourceRecord]:
         assert self._source is not None
+        timeout = self._poll_timeout()
+        if len(self._in_flight) >= self.settings.max_in_flight_batches:
+            # Nothing can be sent until Triton answers: wake up the moment it does, rather
+            # than spinning on short polls (a poll still follows, to keep the group).
+            futures.wait([self._in_flight[0].future], timeout=IDLE_POLL_S)
+            timeout = 0.0
         try:
-            return self._source.poll(self._poll_timeout())
+            return self._source.poll(timeout)
         except TransientError as exc:
             self._log.warning("poll failed, will retry", error=str(exc))
             self.metrics.retries.labels(reason=type(exc).__name__).inc()
