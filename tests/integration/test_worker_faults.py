@@ -87,7 +87,9 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
     feeder = pipeline.feed(FEED, FEED_RATE)
     pipeline.wait_for_result_count(WARM_UP + FEED // 4, RESULTS_TIMEOUT_S)
     first.kill()
-    assert feeder.sent < FEED, "the kill should land while tweets are still arriving"
+    # Mid-stream: tweets were still arriving or waiting (on a slow machine the feed may be
+    # over, but the backlog is not).
+    assert len(pipeline.result_ids()) < WARM_UP + FEED, "the kill came after all the work"
     assert first.process.returncode == -9
 
     pipeline.start_worker()
@@ -108,7 +110,7 @@ def test_sigterm_exits_zero_commits_and_restart_makes_no_duplicates(
     pipeline.wait_for_result_count(WARM_UP + FEED // 4, RESULTS_TIMEOUT_S)
     first.terminate()
     assert first.wait(EXIT_TIMEOUT_S) == 0, first.log_tail()
-    assert feeder.sent < FEED, "the stop should land while tweets are still arriving"
+    assert len(pipeline.result_ids()) < WARM_UP + FEED, "the stop came after all the work"
 
     # Every result published before the stop is covered by a committed offset, so a
     # restarted worker has no reason to classify any of them again.

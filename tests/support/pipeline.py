@@ -406,15 +406,31 @@ class Pipeline:
             counts = self.result_ids()
             return expected <= counts.keys()
 
-        wait_until(
-            complete,
-            timeout_s,
-            lambda: (
-                f"{len(expected - counts.keys())} of {len(expected)} ids have no result "
-                f"(e.g. {sorted(expected - counts.keys())[:5]})\n{self.describe()}"
-            ),
-        )
+        def missing() -> str:
+            lost = sorted(expected - counts.keys())
+            where = self.input_positions(set(lost))
+            return (
+                f"{len(lost)} of {len(expected)} ids have no result; at input "
+                f"(partition, offset): {sorted(where.values())[:40]}\n{self.describe()}"
+            )
+
+        wait_until(complete, timeout_s, missing)
         return counts
+
+    def input_positions(self, ids: set[str]) -> dict[str, tuple[int, int]]:
+        """Where each of ``ids`` sits in the input topic: (partition, offset)."""
+        reader = TopicReader(self.bootstrap_servers, self.input_topic)
+        try:
+            for _ in range(50):  # bounded: 50 polls of at most 200 ms
+                if reader.poll() == 0 and len(reader.records) >= len(self.seeded):
+                    break
+            return {
+                record.key.decode(): (record.partition, record.offset)
+                for record in reader.records
+                if record.key is not None and record.key.decode() in ids
+            }
+        finally:
+            reader.close()
 
     def wait_for_result_count(self, count: int, timeout_s: float) -> None:
         """Poll until at least ``count`` results arrived (to time a fault mid-stream)."""
