@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.pipeline import Pipeline, duplicates, wait_until
+from tests.support.pipeline import WORKER_START_TIMEOUT_S, Pipeline, duplicates, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -138,6 +138,12 @@ def test_two_workers_in_one_group_classify_every_tweet(
     pipeline = make_pipeline(partitions=3)
     workers = [pipeline.start_worker(), pipeline.start_worker()]
     warm = _warm_up(pipeline)
+    # Feed only once the group has settled with both: each holds at least one partition.
+    wait_until(
+        lambda: all(worker.assigned_partitions() for worker in workers),
+        WORKER_START_TIMEOUT_S,
+        lambda: f"both workers never held partitions at once\n{pipeline.describe()}",
+    )
 
     feeder = pipeline.feed(FEED, FEED_RATE)
     feeder.finish()

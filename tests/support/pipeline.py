@@ -108,6 +108,23 @@ class WorkerRun:
                 return int(match.group(1))
         return None
 
+    def assigned_partitions(self) -> set[int]:
+        """Input partitions the worker holds now, according to its rebalance log events."""
+        held: set[int] = set()
+        for line in self.log().splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            partitions = {int(p[1]) for p in event.get("partitions") or ()}
+            if event.get("event") == "partitions assigned":
+                held |= partitions
+            elif event.get("event") in {"partitions revoked", "partitions lost"}:
+                held -= partitions
+        return held
+
     def http_status(self, path: str) -> int | None:
         """Status of ``GET http://127.0.0.1:<metrics port><path>``; None if unreachable."""
         port = self.metrics_port()
