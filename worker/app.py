@@ -79,6 +79,11 @@ log = structlog.get_logger("worker")
 IDLE_POLL_S = 0.2
 # While batches are at Triton, the loop looks for finished ones this often.
 BUSY_POLL_S = 0.005
+# While the consumer joins its group, each poll waits this long. kafka-python 3.0 drives
+# the JoinGroup/SyncGroup round trip only inside poll(); with polls that keep timing out
+# mid-join we saw members never finish rejoining (partitions stuck unassigned until the
+# session timed out). Long polls let the join complete within one call.
+REBALANCE_POLL_S = 1.0
 # On shutdown, in-flight batches get one Triton deadline to finish before being abandoned.
 FLUSH_TIMEOUT_S = 30.0
 
@@ -93,6 +98,8 @@ class Source(Protocol):
     def __exit__(self, *exc: object) -> None: ...
     def poll(self, timeout_s: float) -> list[SourceRecord]: ...
     def assignment(self) -> set[Partition]: ...
+    @property
+    def rebalancing(self) -> bool: ...
     @property
     def paused(self) -> bool: ...
     def pause_all(self) -> None: ...
@@ -422,6 +429,9 @@ class Worker:
         self._report()
 
     def _poll_timeout(self) -> float:
+        assert self._source is not None
+        if self._source.rebalancing:
+            return REBALANCE_POLL_S
         if self._in_flight or self._retry_at is not None:
             return BUSY_POLL_S
         due = self._batcher.due_in()
@@ -430,7 +440,10 @@ class Worker:
     def _poll(self) -> list[SourceRecord]:
         assert self._source is not None
         timeout = self._poll_timeout()
-        if len(self._in_flight) >= self.settings.max_in_flight_batches:
+        if (
+            timeout < REBALANCE_POLL_S
+            and len(self._in_flight) >= self.settings.max_in_flight_batches
+        ):
             # Nothing can be sent until Triton answers: wake up the moment it does, rather
             # than spinning on short polls (a poll still follows, to keep the group).
             futures.wait([self._in_flight[0].future], timeout=IDLE_POLL_S)

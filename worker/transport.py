@@ -25,7 +25,7 @@ import kafka
 import kafka.errors
 from kafka import TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
 from worker.errors import BrokerUnavailable, FatalError, RecordTooLarge, WorkerError
 from worker.messages import OutboundRecord, SourceRecord
@@ -166,6 +166,11 @@ class KafkaSource:
 
     def assignment(self) -> set[Partition]:
         return {_partition(tp) for tp in self._consumer.assignment()}
+
+    @property
+    def rebalancing(self) -> bool:
+        """True until the consumer has joined its group and while it rejoins."""
+        return bool(self._consumer.group_metadata().state != MemberState.STABLE)
 
     @property
     def paused(self) -> bool:

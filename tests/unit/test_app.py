@@ -90,6 +90,10 @@ class FakeSource:
         return set(self.records)
 
     @property
+    def rebalancing(self) -> bool:
+        return False
+
+    @property
     def paused(self) -> bool:
         return self._paused
 
