@@ -1,0 +1,1 @@
+"""Side-by-side throughput and latency benchmarks (issue 6): ``python -m benchmarks.run``."""

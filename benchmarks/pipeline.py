@@ -1,0 +1,375 @@
+"""The pipeline variant: tweets → Kafka → worker process(es) → Triton → Kafka → here.
+
+Services are the embedded stack's own classes (:mod:`compose.embedded`) on free loopback
+ports in a state folder of this run, stopped through the objects that started them; workers
+are ``emotion-stream worker`` processes signalled through their own ``Popen`` handles.
+
+Throughput runs from the first produce to the last result; a tweet's end-to-end latency is
+its result record's timestamp (the worker's producer stamps it when publishing) minus its
+input record's timestamp (stamped by our producer when sending), both CreateTime on this
+machine's clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from benchmarks.measure import VariantResult, load_average
+from compose.embedded import (
+    KafkaBroker,
+    KafkaPorts,
+    TritonPorts,
+    TritonServer,
+    fetch_kafka_jars,
+)
+
+PARTITIONS = 3  # as `emotion-stream local up` creates `tweets`
+WORKER_START_TIMEOUT_S = 120.0
+WARMUP_TWEETS = 64
+POLL_S = 0.05
+WORKER_STOP_TIMEOUT_S = 30.0
+RSS_SAMPLE_S = 1.0
+# A JVM keeps compiling for seconds after Kafka answers, and Triton's stub loads the model:
+# the direct variants would pay for it. Settled = our services use < 10% of a core.
+SETTLE_MAX_CORES = 0.1
+SETTLE_WINDOW_S = 1.0
+SETTLE_TIMEOUT_S = 60.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports nothing listens on now (the kernel's picks on 127.0.0.1)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probe.bind(("127.0.0.1", 0))
+            sockets.append(probe)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"not within {timeout_s:g} s: {what}")
+        time.sleep(POLL_S)
+
+
+@contextlib.contextmanager
+def services(
+    state_dir: Path, repository: Path, log: Callable[[str], None]
+) -> Iterator[tuple[KafkaBroker, TritonServer]]:
+    """Kafka and Triton on free ports; both stopped on exit, whatever happened."""
+    kafka_port, controller, grpc, http, metrics = free_ports(5)
+    broker = KafkaBroker(state_dir, KafkaPorts(kafka_port, controller), die_with_parent=True)
+    triton = TritonServer(
+        state_dir,
+        repository,
+        TritonPorts(grpc=grpc, http=http, metrics=metrics),
+        die_with_parent=True,
+    )
+    try:
+        fetch_kafka_jars()
+        log(f"starting Kafka on {broker.bootstrap_servers}")
+        broker.start()
+        log(f"starting Triton on {triton.grpc_url} (model {repository})")
+        triton.start()
+        pgids = {
+            pid for pid in (broker.process.recorded_pid(), triton.process.recorded_pid()) if pid
+        }
+        waited = settle(pgids, log)
+        log(f"services settled after {waited:.0f} s")
+        yield broker, triton
+    finally:
+        triton.stop()
+        broker.stop()
+
+
+def group_cpu_seconds(pgids: set[int]) -> float:
+    """CPU time (user + system) of every live process in the process groups ``pgids``."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # after "(comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt
+        # cmajflt utime stime
+        if int(fields[2]) in pgids:
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def settle(pgids: set[int], log: Callable[[str], None]) -> float:
+    """Wait until the services' CPU use falls below SETTLE_MAX_CORES; return seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < SETTLE_TIMEOUT_S:
+        before = group_cpu_seconds(pgids)
+        time.sleep(SETTLE_WINDOW_S)  # measuring a rate needs a window
+        cores = (group_cpu_seconds(pgids) - before) / SETTLE_WINDOW_S
+        if cores < SETTLE_MAX_CORES:
+            return time.monotonic() - started
+    log(f"services still busy after {SETTLE_TIMEOUT_S:g} s; measuring anyway")
+    return time.monotonic() - started
+
+
+@dataclass
+class Outcome:
+    source_ms: int
+    published_ms: int
+    received_s: float
+
+
+@dataclass
+class ResultCollector:
+    """Reads the output topic in a background thread; keeps the first result per id."""
+
+    bootstrap_servers: str
+    topic: str
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="results", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+            )
+            try:
+                consumer.assign([TopicPartition(self.topic, p) for p in range(PARTITIONS)])
+                consumer.seek_to_beginning()
+                while not self._stop.is_set():
+                    batches = consumer.poll(timeout_ms=100)
+                    now = time.time()
+                    with self._lock:
+                        for records in batches.values():
+                            for record in records:
+                                result = json.loads(record.value)
+                                self.outcomes.setdefault(
+                                    str(result["id"]),
+                                    Outcome(
+                                        int(result["source"]["timestamp"]), record.timestamp, now
+                                    ),
+                                )
+            finally:
+                consumer.close()
+        except BaseException as error:
+            self.error = error
+
+    def count(self, ids: set[str]) -> int:
+        if self.error is not None:
+            raise RuntimeError(f"result reader failed: {self.error}") from self.error
+        with self._lock:
+            return sum(1 for tweet_id in ids if tweet_id in self.outcomes)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+class WorkerProcess:
+    """One ``emotion-stream worker`` run, its log file and its memory."""
+
+    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "emotion_stream.cli", "worker"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def events(self) -> list[dict[str, object]]:
+        events = []
+        for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    events.append(event)
+        return events
+
+    def ready_with_partitions(self) -> bool:
+        if self.process.poll() is not None:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
+            raise RuntimeError(f"{self.name} exited {self.process.returncode}:\n" + "\n".join(tail))
+        events = self.events()
+        ready = any(e.get("event") == "readiness" and e.get("ready") is True for e in events)
+        assigned = any(
+            e.get("event") == "partitions assigned" and e.get("partitions") for e in events
+        )
+        return ready and assigned
+
+    def rss_mib(self) -> float | None:
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return None
+
+    def stop(self) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(WORKER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+class Pipeline:
+    """Unique topics and group on the broker, N workers, a producer and a result reader."""
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        triton: TritonServer,
+        repository: Path,
+        workdir: Path,
+        *,
+        workers: int = 1,
+        worker_env: dict[str, str] | None = None,
+    ) -> None:
+        self.run_id = f"bench-{uuid.uuid4().hex[:8]}"
+        self.bootstrap = broker.bootstrap_servers
+        self.input_topic = f"{self.run_id}-tweets"
+        self.output_topic = f"{self.run_id}-emotions"
+        broker.create_topics(
+            {self.input_topic: PARTITIONS, self.output_topic: PARTITIONS, f"{self.run_id}-dlq": 1}
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_STREAM_")}
+        env.update(
+            {
+                "EMOTION_STREAM_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+                "EMOTION_STREAM_INPUT_TOPIC": self.input_topic,
+                "EMOTION_STREAM_OUTPUT_TOPIC": self.output_topic,
+                "EMOTION_STREAM_DLQ_TOPIC": f"{self.run_id}-dlq",
+                "EMOTION_STREAM_CONSUMER_GROUP": f"{self.run_id}-workers",
+                "EMOTION_STREAM_TRITON_URL": triton.grpc_url,
+                "EMOTION_STREAM_MODEL_REPOSITORY": str(repository),
+                "EMOTION_STREAM_METRICS_PORT": "-1",
+                "EMOTION_STREAM_LOG_SUMMARY_INTERVAL_S": "10",
+                "PYTHONUNBUFFERED": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        )
+        env.update(worker_env or {})
+        self.worker_env = {k: v for k, v in (worker_env or {}).items()}
+        self.workers = [
+            WorkerProcess(
+                f"worker-{n}",
+                env | {"EMOTION_STREAM_WORKER_ID": f"{self.run_id}-{n}"},
+                workdir / f"{self.run_id}-worker-{n}.log",
+            )
+            for n in range(1, workers + 1)
+        ]
+        self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        self.results = ResultCollector(self.bootstrap, self.output_topic)
+        self.rss: list[tuple[float, list[float | None]]] = []
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.results.stop()
+        self.producer.close(timeout=10)
+
+    def start(self) -> None:
+        self.results.start()
+        wait_for(
+            lambda: all(w.ready_with_partitions() for w in self.workers),
+            WORKER_START_TIMEOUT_S,
+            "workers ready with partitions assigned",
+        )
+        self.phase("warmup", [f"warm-up tweet {n}" for n in range(WARMUP_TWEETS)], rate=None)
+
+    def phase(
+        self, name: str, texts: list[str], rate: float | None, timeout_s: float | None = None
+    ) -> VariantResult:
+        """Send ``texts`` (as fast as possible, or at ``rate``/s); wait for every result."""
+        ids = [f"{self.run_id}-{name}-{n:05d}" for n in range(len(texts))]
+        wanted = set(ids)
+        timeout_s = timeout_s or max(120.0, len(texts) * 0.5)
+        load_before = load_average()
+        started_wall = time.time()
+        started = time.monotonic()
+        for index, (tweet_id, text) in enumerate(zip(ids, texts, strict=True)):
+            if rate:
+                delay = started + index / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # pacing the feed
+            value = json.dumps({"id": tweet_id, "text": text}).encode()
+            self.producer.send(self.input_topic, key=tweet_id.encode(), value=value)
+        self.producer.flush(timeout=60)
+        deadline = started + timeout_s
+        next_sample = 0.0
+        while self.results.count(wanted) < len(wanted):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{name}: {self.results.count(wanted)}/{len(wanted)} results "
+                    f"after {timeout_s:g} s; worker logs in {self.workers[0].log_path.parent}"
+                )
+            if time.monotonic() >= next_sample:
+                self.rss.append((time.time(), [w.rss_mib() for w in self.workers]))
+                next_sample = time.monotonic() + RSS_SAMPLE_S
+            time.sleep(POLL_S)
+        load_after = load_average()
+        outcomes = [self.results.outcomes[tweet_id] for tweet_id in ids]
+        last_published = max(o.published_ms for o in outcomes) / 1000.0
+        latencies = [max(0.0, (o.published_ms - o.source_ms) / 1000.0) for o in outcomes]
+        return VariantResult(
+            name=name,
+            description="",
+            tweets=len(texts),
+            seconds=last_published - started_wall,
+            latencies_s=latencies,
+            load_before=load_before,
+            load_after=load_after,
+            details={
+                "offered_rate_per_s": round(rate, 2) if rate else "max",
+                "workers": len(self.workers),
+                "worker_env": self.worker_env,
+                "worker_rss_mib": [round(r, 1) if r else None for r in self.rss[-1][1]]
+                if self.rss
+                else [],
+            },
+        )

@@ -1,0 +1,109 @@
+"""The table, the JSON and the PNG of one benchmark run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.measure import VariantResult
+
+TARGET_VS_SEED = 5.0
+TARGET_VS_CEILING = 0.85
+TARGET_P99_HALF_LOAD_MS = 2000.0
+
+
+def ratios(results: dict[str, VariantResult]) -> dict[str, Any]:
+    """Pipeline against the ceiling and the seed baseline, and the latency target."""
+    out: dict[str, Any] = {}
+    pipeline = results.get("pipeline-max")
+    if pipeline is None:
+        return out
+    for key, other, target in (
+        ("pipeline/ceiling", "ceiling", TARGET_VS_CEILING),
+        ("pipeline/ceiling-sorted", "ceiling-sorted", TARGET_VS_CEILING),
+        ("pipeline/seed-baseline", "seed-baseline", TARGET_VS_SEED),
+    ):
+        if other in results and results[other].throughput > 0:
+            value = pipeline.throughput / results[other].throughput
+            out[key] = {"value": round(value, 2), "target": f">= {target}", "met": value >= target}
+    half = results.get("pipeline-half")
+    if half is not None and half.latencies_s:
+        p99 = half.summary()["latency_ms"]["p99"]
+        out["p99 at half load (ms)"] = {
+            "value": p99,
+            "target": f"<= {TARGET_P99_HALF_LOAD_MS:g}",
+            "met": p99 <= TARGET_P99_HALF_LOAD_MS,
+        }
+    return out
+
+
+def table(results: dict[str, VariantResult]) -> str:
+    """A Markdown table: one row per variant."""
+    lines = [
+        "| variant | tweets | tweets/s | p50 ms | p95 ms | p99 ms | load avg before → after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in results.values():
+        latency = result.summary()["latency_ms"]
+        lines.append(
+            f"| {result.name} | {result.tweets} | {result.throughput:.1f} | "
+            f"{latency.get('p50', '–')} | {latency.get('p95', '–')} | {latency.get('p99', '–')} | "
+            f"{result.load_before[0]:.2f} → {result.load_after[0]:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def ratio_lines(computed: dict[str, Any]) -> str:
+    return "\n".join(
+        f"{name}: {entry['value']} (target {entry['target']}: "
+        f"{'met' if entry['met'] else 'NOT met'})"
+        for name, entry in computed.items()
+    )
+
+
+def write_json(path: Path, run: dict[str, Any]) -> None:
+    path.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+
+
+def write_plot(path: Path, results: dict[str, VariantResult], title: str) -> bool:
+    """Throughput bars and latency CDFs; ``False`` when matplotlib is not installed."""
+    try:
+        import matplotlib  # noqa: PLC0415 - the `bench` extra
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import numpy as np  # noqa: PLC0415
+    except ImportError:
+        return False
+    figure, (bars, cdf) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = list(results)
+    bars.bar(names, [results[n].throughput for n in names], color="tab:blue")
+    for index, name in enumerate(names):
+        bars.text(
+            index,
+            results[name].throughput,
+            f"{results[name].throughput:.1f}",
+            ha="center",
+            va="bottom",
+        )
+    bars.set_ylabel("tweets/s")
+    bars.set_title("throughput")
+    bars.tick_params(axis="x", rotation=20)
+    for name, result in results.items():
+        if not result.latencies_s:
+            continue
+        values = np.sort(np.asarray(result.latencies_s) * 1000.0)
+        label = "per request" if name == "seed-baseline" else "end to end"
+        cdf.plot(values, np.arange(1, len(values) + 1) / len(values), label=f"{name} ({label})")
+    cdf.set_xscale("log")
+    cdf.set_xlabel("latency (ms, log)")
+    cdf.set_ylabel("fraction of tweets")
+    cdf.set_title("latency CDF")
+    cdf.grid(True, which="both", alpha=0.3)
+    cdf.legend(fontsize="small")
+    figure.suptitle(title, fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
