@@ -12,9 +12,14 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # Python packages (worker + exporter + embedded stack + dev tools) and the Kafka jars.
-setup: $(BIN)/python
+# A stamp keeps `make run` from reinstalling (and needing the package index) every time;
+# it is redone when the dependencies change.
+SETUP_STAMP := $(VENV)/.setup-done
+setup: $(SETUP_STAMP)
+$(SETUP_STAMP): pyproject.toml compose/kafka/pom.xml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[export,local,dev]"
 	$(BIN)/emotion-stream local fetch
+	touch $@
 
 # One lint + type-check command, the same in CI.
 lint: $(BIN)/python
@@ -38,6 +43,6 @@ run: setup
 stop:
 	bash compose/run_demo.sh stop
 
-clean:
-	$(BIN)/emotion-stream local down || true
+# `stop` first: `local down` alone would leave `make run`'s worker behind.
+clean: stop
 	rm -rf .local
