@@ -101,6 +101,7 @@ def run_ceiling(
         load_after=watch.load_after,
         details={
             "intra_op_threads": intra_op_threads,
+            "cores_used": watch.cores_used,
             "mean_padded_tokens_per_tweet": round(padded_tokens / len(texts), 1),
             "sort_window": sort_window,
         },
@@ -145,5 +146,61 @@ def run_seed_baseline(
         latencies_s=latencies,
         load_before=watch.load_before,
         load_after=watch.load_after,
-        details={"triton_url": triton_url, "sequential": True},
+        details={
+            "triton_url": triton_url,
+            "sequential": True,
+            "client_cores_used": watch.cores_used,
+        },
+    )
+
+
+def run_triton_batched(
+    triton_url: str,
+    model_name: str,
+    tokenizer_dir: Path,
+    texts: list[str],
+    *,
+    in_flight: int = 2,
+) -> VariantResult:
+    """Batches of 32 padded to batch max through Triton, ``in_flight`` at once; no Kafka.
+
+    Isolates what Triton (here the Python-backend twin) costs against the in-process ceiling,
+    and what Kafka and the worker cost against this.
+    """
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    import tritonclient.grpc as grpcclient  # noqa: PLC0415
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    client = grpcclient.InferenceServerClient(url=triton_url)
+
+    def infer(feed: dict[str, np.ndarray]) -> None:
+        inputs = []
+        for name, array in feed.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        client.infer(model_name, inputs, outputs=[grpcclient.InferRequestedOutput("logits")])
+
+    try:
+        infer(_encode(tokenizer, texts[:BATCH_SIZE], "longest"))
+        with Stopwatch() as watch, ThreadPoolExecutor(in_flight) as pool:
+            pending = []
+            for start in range(0, len(texts), BATCH_SIZE):
+                feed = _encode(tokenizer, texts[start : start + BATCH_SIZE], "longest")
+                pending.append(pool.submit(infer, feed))
+                if len(pending) >= in_flight:
+                    pending.pop(0).result()
+            for future in pending:
+                future.result()
+    finally:
+        client.close()
+    return VariantResult(
+        name="triton-batched",
+        description=f"batch 32, pad to batch max, through Triton gRPC, {in_flight} in flight",
+        tweets=len(texts),
+        seconds=watch.seconds,
+        load_before=watch.load_before,
+        load_after=watch.load_after,
+        details={"in_flight": in_flight, "client_cores_used": watch.cores_used},
     )

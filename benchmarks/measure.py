@@ -15,6 +15,12 @@ def load_average() -> tuple[float, float, float]:
     return (round(one, 2), round(five, 2), round(fifteen, 2))
 
 
+def process_cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    times = os.times()
+    return times.user + times.system
+
+
 def percentiles_ms(latencies_s: list[float]) -> dict[str, float]:
     if not latencies_s:
         return {}
@@ -60,9 +66,16 @@ class Stopwatch:
 
     def __enter__(self) -> Stopwatch:
         self.load_before = load_average()
+        self.cpu_started = process_cpu_seconds()
         self.started = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.started
+        self.cpu_seconds = process_cpu_seconds() - self.cpu_started
         self.load_after = load_average()
+
+    @property
+    def cores_used(self) -> float:
+        """This process's CPU time over wall time: how many cores it kept busy."""
+        return round(self.cpu_seconds / self.seconds, 2) if self.seconds > 0 else 0.0

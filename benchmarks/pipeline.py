@@ -28,7 +28,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from benchmarks.measure import VariantResult, load_average
+from benchmarks.measure import VariantResult, load_average, process_cpu_seconds
 from compose.embedded import (
     KafkaBroker,
     KafkaPorts,
@@ -116,6 +116,15 @@ def group_cpu_seconds(pgids: set[int]) -> float:
         if int(fields[2]) in pgids:
             total += int(fields[11]) + int(fields[12])
     return total / CLOCK_TICKS
+
+
+def pid_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) of one live process (0 when gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def settle(pgids: set[int], log: Callable[[str], None]) -> float:
@@ -300,6 +309,19 @@ class Pipeline:
         self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
         self.results = ResultCollector(self.bootstrap, self.output_topic)
         self.rss: list[tuple[float, list[float | None]]] = []
+        self.service_groups = {
+            "kafka": broker.process.recorded_pid(),
+            "triton": triton.process.recorded_pid(),
+        }
+
+    def cpu_snapshot(self) -> dict[str, float]:
+        """CPU seconds so far of each component (services by process group)."""
+        snapshot = {
+            name: group_cpu_seconds({pgid}) for name, pgid in self.service_groups.items() if pgid
+        }
+        snapshot["workers"] = sum(pid_cpu_seconds(w.process.pid) for w in self.workers)
+        snapshot["benchmark (producer + result reader)"] = process_cpu_seconds()
+        return snapshot
 
     def __enter__(self) -> Pipeline:
         return self
@@ -330,6 +352,7 @@ class Pipeline:
         wanted = set(ids)
         timeout_s = timeout_s or max(120.0, len(texts) * 0.5)
         load_before = load_average()
+        cpu_before = self.cpu_snapshot()
         started_wall = time.time()
         started = time.monotonic()
         for index, (tweet_id, text) in enumerate(zip(ids, texts, strict=True)):
@@ -353,6 +376,8 @@ class Pipeline:
                 next_sample = time.monotonic() + RSS_SAMPLE_S
             time.sleep(POLL_S)
         load_after = load_average()
+        cpu_after = self.cpu_snapshot()
+        elapsed = time.monotonic() - started
         outcomes = [self.results.outcomes[tweet_id] for tweet_id in ids]
         last_published = max(o.published_ms for o in outcomes) / 1000.0
         latencies = [max(0.0, (o.published_ms - o.source_ms) / 1000.0) for o in outcomes]
@@ -367,6 +392,10 @@ class Pipeline:
             details={
                 "offered_rate_per_s": round(rate, 2) if rate else "max",
                 "workers": len(self.workers),
+                "cores_used": {
+                    name: round((cpu_after[name] - cpu_before[name]) / elapsed, 2)
+                    for name in cpu_after
+                },
                 "worker_env": self.worker_env,
                 "worker_rss_mib": [round(r, 1) if r else None for r in self.rss[-1][1]]
                 if self.rss

@@ -6,7 +6,8 @@
 
 Variants: ``ceiling`` (in-process onnxruntime, batch 32, pad to batch max) and
 ``ceiling-sorted`` (the same, length-sorted in windows of 256), ``seed-baseline`` (the
-original guide's client through our Triton), ``pipeline-max`` (Kafka → worker → Triton →
+original guide's client through our Triton), ``triton-batched`` (batches of 32 through
+Triton, no Kafka: splits the gap), ``pipeline-max`` (Kafka → worker → Triton →
 Kafka at full speed) and ``pipeline-half`` (the same at half of pipeline-max's rate).
 Outputs go to ``benchmarks/out/`` (git-ignored): ``<stamp>.json``, ``<stamp>.png``,
 ``<stamp>/`` (service and worker logs) and ``latest.json``/``latest.png``.
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ceiling-threads", type=int, default=2)
     parser.add_argument(
         "--variants",
-        default="ceiling,ceiling-sorted,seed-baseline,pipeline",
+        default="ceiling,ceiling-sorted,seed-baseline,triton-batched,pipeline",
         help="comma-separated subset",
     )
     parser.add_argument("--label", default="", help="a name for this run in the outputs")
@@ -181,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                 results["seed-baseline"] = direct.run_seed_baseline(
                     triton.grpc_url, DEFAULT_MODEL_NAME, tokenizer_dir, seed_texts
                 )
+            if "triton-batched" in variants:
+                say("triton-batched: batch 32, pad to batch max, 2 in flight, no Kafka")
+                results["triton-batched"] = direct.run_triton_batched(
+                    triton.grpc_url, DEFAULT_MODEL_NAME, tokenizer_dir, texts
+                )
             if "pipeline" in variants:
                 say(f"pipeline: starting {args.workers} worker(s) {worker_env or ''}")
                 with Pipeline(
@@ -200,6 +206,17 @@ def main(argv: list[str] | None = None) -> int:
                     half.description = f"the same at half of pipeline-max's rate ({rate:.1f}/s)"
                     results["pipeline-half"] = half
                     rss_curve = [(round(t, 1), r) for t, r in pipeline.rss]
+            if "ceiling" in variants and "pipeline" in variants:
+                # The machine is shared: a second ceiling after the pipeline brackets it, and
+                # the ratio uses the mean of the two.
+                say("ceiling-after: the ceiling again, after the pipeline")
+                results["ceiling-after"] = direct.run_ceiling(
+                    onnx_path,
+                    tokenizer_dir,
+                    texts,
+                    intra_op_threads=args.ceiling_threads,
+                    name="ceiling-after",
+                )
             for log_file in (broker.log_file, triton.log_file):
                 if log_file.is_file():
                     shutil.copy2(log_file, logs_dir / log_file.name)
