@@ -43,6 +43,7 @@ SCALE_RATE=40                        # tweets/s while scaling: ~15 s of traffic
 UP_TIMEOUT_S=900                     # first up: exporter run + Triton + workers
 RESULTS_DEADLINE_S=300
 TESTS_TIMEOUT_S=1500
+BUILD_CACHE_KEEP=25gb                # BuildKit cache kept between runs (exporter deps ~8 GB)
 
 STARTED_DOCKERD=""
 WHEEL_SERVER_PID=""
@@ -73,6 +74,9 @@ cleanup() {
       || log "warning: compose down failed (see $WORK/down.log)"
     # Containers testcontainers left behind if pytest died (Ryuk is off: no registry).
     docker ps -aq --filter label=org.testcontainers=true | xargs -r docker rm -f > /dev/null
+    # Superseded layers (a changed requirement list leaves a 7 GB exporter layer behind).
+    docker image prune -f > /dev/null
+    docker builder prune -f --keep-storage "$BUILD_CACHE_KEEP" > /dev/null
   fi
   if [[ -n "$WHEEL_SERVER_PID" ]]; then kill "$WHEEL_SERVER_PID" 2>/dev/null; fi
   if [[ -n "$STARTED_DOCKERD" ]]; then

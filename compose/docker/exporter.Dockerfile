@@ -6,19 +6,23 @@
 # build overrides it and PIP_OPTIONS with a wheelhouse (compose/ci/stage.sh).
 ARG PYTHON_BASE=python:3.11.14-slim-bookworm
 
-# Third-party dependencies, keyed on pyproject.toml alone: torch first, from its own
-# index, then the rest, which finds torch satisfied.
+# The pinned requirements, read from pyproject.toml: the dependency layers below are keyed
+# on these lists alone, so an edit elsewhere in pyproject.toml does not reinstall torch.
+FROM ${PYTHON_BASE} AS requirements
+COPY pyproject.toml compose/docker/requirements.py /src/
+RUN python3 /src/requirements.py /src/pyproject.toml export > /src/requirements.txt \
+ && grep '^torch==' /src/requirements.txt > /src/torch.txt
+
+# torch first, from its own index; then the rest, which finds torch satisfied.
 FROM ${PYTHON_BASE} AS deps
 ARG PIP_OPTIONS=""
 ARG TORCH_PIP_OPTIONS="--index-url https://download.pytorch.org/whl/cpu"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/venv
-COPY pyproject.toml compose/docker/requirements.py /src/
-RUN /opt/venv/bin/python /src/requirements.py /src/pyproject.toml export \
-      | grep '^torch==' > /src/torch.txt \
- && /opt/venv/bin/pip install ${TORCH_PIP_OPTIONS} -r /src/torch.txt
-RUN /opt/venv/bin/python /src/requirements.py /src/pyproject.toml export > /src/requirements.txt \
- && /opt/venv/bin/pip install ${PIP_OPTIONS} -r /src/requirements.txt
+COPY --from=requirements /src/torch.txt /src/
+RUN /opt/venv/bin/pip install ${TORCH_PIP_OPTIONS} -r /src/torch.txt
+COPY --from=requirements /src/requirements.txt /src/
+RUN /opt/venv/bin/pip install ${PIP_OPTIONS} -r /src/requirements.txt
 
 FROM ${PYTHON_BASE}
 ARG PIP_OPTIONS=""

@@ -5,14 +5,18 @@
 # point pip at a wheelhouse (--no-index --find-links ...).
 ARG PYTHON_BASE=python:3.11.14-slim-bookworm
 
-# Third-party dependencies, keyed on pyproject.toml alone.
+# The pinned requirements, read from pyproject.toml: the dependency layer below is keyed on
+# this list alone, so an edit elsewhere in pyproject.toml does not reinstall everything.
+FROM ${PYTHON_BASE} AS requirements
+COPY pyproject.toml compose/docker/requirements.py /src/
+RUN python3 /src/requirements.py /src/pyproject.toml > /src/requirements.txt
+
 FROM ${PYTHON_BASE} AS deps
 ARG PIP_OPTIONS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/venv
-COPY pyproject.toml compose/docker/requirements.py /src/
-RUN /opt/venv/bin/python /src/requirements.py /src/pyproject.toml > /src/requirements.txt \
- && /opt/venv/bin/pip install ${PIP_OPTIONS} -r /src/requirements.txt \
+COPY --from=requirements /src/requirements.txt /src/
+RUN /opt/venv/bin/pip install ${PIP_OPTIONS} -r /src/requirements.txt \
  && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
 
 FROM ${PYTHON_BASE}

@@ -3,6 +3,13 @@
 # that takes the real one's options and serves each ONNX model through its Python-backend
 # twin (compose/twin.py, onnxruntime on the same model.onnx). Context: the repository root.
 ARG PYTHON_BASE=emotion-stream/standin-python:3.11-bookworm
+
+# The pinned requirements (base + `local`), so the install below is keyed on them alone.
+FROM ${PYTHON_BASE} AS requirements
+COPY pyproject.toml compose/docker/requirements.py /src/
+RUN python3 /src/requirements.py /src/pyproject.toml local > /src/requirements.txt \
+ && echo "onnx==1.23.2" >> /src/requirements.txt
+
 FROM ${PYTHON_BASE}
 ARG PIP_OPTIONS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -12,10 +19,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends curl libpython3.11 \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
-COPY pyproject.toml compose/docker/requirements.py /src/
-RUN /opt/venv/bin/python /src/requirements.py /src/pyproject.toml local > /src/requirements.txt \
- && /opt/venv/bin/pip install ${PIP_OPTIONS} -r /src/requirements.txt "onnx==1.23.2"
-COPY README.md /src/
+COPY --from=requirements /src/requirements.txt /src/
+RUN /opt/venv/bin/pip install ${PIP_OPTIONS} -r /src/requirements.txt
+COPY pyproject.toml README.md /src/
 COPY emotion_stream /src/emotion_stream
 COPY worker /src/worker
 COPY exporter /src/exporter
