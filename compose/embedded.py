@@ -38,9 +38,8 @@ from compose.processes import (
     ManagedProcess,
     ServiceStartError,
     tail,
-    wait_until,
 )
-from compose.twin import TwinError, generate_twin_repository
+from compose.twin import TwinError, generate_twin_repository, read_json_object
 from emotion_stream.layout import DEFAULT_MODEL_NAME, project_root
 
 LOOPBACK = "127.0.0.1"
@@ -164,14 +163,6 @@ def _write_json(path: Path, content: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
 @dataclass(frozen=True)
 class KafkaPorts:
     """Where the broker listens: clients on ``port``, the KRaft controller on ``controller``."""
@@ -237,7 +228,7 @@ class KafkaBroker:
     def recorded(cls, state_dir: Path) -> KafkaBroker:
         """The broker as last started in ``state_dir`` (its recorded ports), for down/status."""
         broker = cls(state_dir)
-        endpoint = _read_json(broker.endpoint_file)
+        endpoint = read_json_object(broker.endpoint_file)
         if endpoint:
             broker.ports = KafkaPorts(int(endpoint["port"]), int(endpoint["controller_port"]))
         return broker
@@ -349,11 +340,10 @@ class KafkaBroker:
             broker did not answer within ``timeout_s`` (the process is then stopped).
         """
         if self.is_running():
-            if wait_until(self.is_ready, timeout_s=timeout_s, on_poll=self._raise_if_dead):
-                return False
-            raise ServiceStartError(
-                self.component, f"running but not ready after {timeout_s:.0f} s", self.log_file
+            self.process.await_ready(
+                self.is_ready, timeout_s, "running but not ready", stop_on_failure=False
             )
+            return False
         self._check_jars()
         ensure_ports_free(
             self.component, {"client": self.ports.port, "controller": self.ports.controller}
@@ -372,25 +362,10 @@ class KafkaBroker:
             self.endpoint_file,
             {"port": self.ports.port, "controller_port": self.ports.controller},
         )
-        try:
-            ready = wait_until(self.is_ready, timeout_s=timeout_s, on_poll=self._raise_if_dead)
-        except BaseException:
-            self.process.stop()  # whatever went wrong, leave no half-started process
-            raise
-        if not ready:
-            self.process.stop()
-            raise ServiceStartError(
-                self.component,
-                f"broker {self.bootstrap_servers} not ready after {timeout_s:.0f} s",
-                self.log_file,
-            )
+        self.process.await_ready(
+            self.is_ready, timeout_s, f"broker {self.bootstrap_servers} not ready"
+        )
         return True
-
-    def _raise_if_dead(self) -> None:
-        if not self.process.is_running():
-            raise ServiceStartError(
-                self.component, "process exited before becoming ready", self.log_file
-            )
 
     def stop(self) -> bool:
         """Stop the broker (SIGTERM, then SIGKILL); data stays. ``True`` if it was running."""
@@ -526,7 +501,7 @@ class TritonServer:
     def recorded(cls, state_dir: Path) -> TritonServer:
         """The server as last started in ``state_dir`` (its recorded ports), for down/status."""
         server = cls(state_dir, Path())
-        endpoint = _read_json(server.endpoint_file)
+        endpoint = read_json_object(server.endpoint_file)
         if endpoint:
             server.ports = TritonPorts(
                 int(endpoint["grpc"]), int(endpoint["http"]), int(endpoint["metrics"])
@@ -622,11 +597,10 @@ class TritonServer:
             model was not ready within ``timeout_s`` (the process is then stopped).
         """
         if self.is_running():
-            if wait_until(self.is_ready, timeout_s=timeout_s, on_poll=self._raise_if_dead):
-                return False
-            raise ServiceStartError(
-                self.component, f"running but not ready after {timeout_s:.0f} s", self.log_file
+            self.process.await_ready(
+                self.is_ready, timeout_s, "running but not ready", stop_on_failure=False
             )
+            return False
         pytriton = pytriton_dir()
         binary = pytriton / "tritonserver" / "bin" / "tritonserver"
         if shutil.which(str(binary)) is None:
@@ -662,25 +636,10 @@ class TritonServer:
                 "model_repository": str(self.model_repository.resolve()),
             },
         )
-        try:
-            ready = wait_until(self.is_ready, timeout_s=timeout_s, on_poll=self._raise_if_dead)
-        except BaseException:
-            self.process.stop()  # whatever went wrong, leave no half-started process
-            raise
-        if not ready:
-            self.process.stop()
-            raise ServiceStartError(
-                self.component,
-                f"model {self.model_name!r} not ready on {self.http_url} after {timeout_s:.0f} s",
-                self.log_file,
-            )
+        self.process.await_ready(
+            self.is_ready, timeout_s, f"model {self.model_name!r} not ready on {self.http_url}"
+        )
         return True
-
-    def _raise_if_dead(self) -> None:
-        if not self.process.is_running():
-            raise ServiceStartError(
-                self.component, "process exited before becoming ready", self.log_file
-            )
 
     def stop(self) -> bool:
         """Stop tritonserver and its backend stubs. ``True`` if it was running."""

@@ -156,6 +156,46 @@ class ManagedProcess:
     # The handle of a process this object started (None when adopted via the pid file).
     _child: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
+    def await_ready(
+        self,
+        is_ready: Callable[[], bool],
+        timeout_s: float,
+        not_ready: str,
+        *,
+        stop_on_failure: bool = True,
+    ) -> None:
+        """Poll ``is_ready`` until it holds; otherwise raise (and stop the process).
+
+        Whatever goes wrong — the process exits, time runs out, the probe raises — a
+        process this call is starting is stopped (``stop_on_failure``), so no half-started
+        process is left behind; one found already running is left as it is. The error
+        carries the log's tail.
+
+        Raises
+        ------
+        ServiceStartError
+            The process exited before becoming ready, or ``not_ready`` after ``timeout_s``.
+        """
+
+        def raise_if_dead() -> None:
+            if not self.is_running():
+                raise ServiceStartError(
+                    self.component, "process exited before becoming ready", self.log_file
+                )
+
+        try:
+            ready = wait_until(is_ready, timeout_s=timeout_s, on_poll=raise_if_dead)
+        except BaseException:
+            if stop_on_failure:
+                self.stop()
+            raise
+        if not ready:
+            if stop_on_failure:
+                self.stop()
+            raise ServiceStartError(
+                self.component, f"{not_ready} after {timeout_s:.0f} s", self.log_file
+            )
+
     def recorded_pid(self) -> int | None:
         """The pid in the pid file if that process still runs and is ours, else ``None``."""
         try:

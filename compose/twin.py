@@ -105,16 +105,17 @@ def _numbers_positions_like_roberta(model_dir: Path) -> bool:
     """Whether the model (by its HF config or tokenizer class) is RoBERTa-family."""
     for candidate in (model_dir / "config.json", model_dir / TOKENIZER_DIR / "config.json"):
         if candidate.is_file():
-            model_type = str(_read_json(candidate).get("model_type", ""))
+            model_type = str(read_json_object(candidate).get("model_type", ""))
             return model_type in _ROBERTA_MODEL_TYPES
     tokenizer_config = model_dir / TOKENIZER_DIR / "tokenizer_config.json"
     if tokenizer_config.is_file():
-        tokenizer_class = str(_read_json(tokenizer_config).get("tokenizer_class", ""))
+        tokenizer_class = str(read_json_object(tokenizer_config).get("tokenizer_class", ""))
         return tokenizer_class.startswith(_ROBERTA_TOKENIZER_PREFIXES)
     return False
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file's top-level object; ``{}`` when it is missing, unreadable or not an object."""
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
