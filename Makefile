@@ -22,14 +22,14 @@ $(SETUP_STAMP): pyproject.toml compose/kafka/pom.xml | $(BIN)/python
 	touch $@
 
 # One lint + type-check command, the same in CI.
-lint: $(BIN)/python
+lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 # Unit tests, then integration tests against a real Kafka broker and a real
 # Triton server that the fixtures start on free loopback ports.
-test: $(BIN)/python
+test: setup
 	$(BIN)/pytest
 
 # The README's first command: export MODEL (a hub id needs internet; a local model
