@@ -223,11 +223,45 @@ def host_network() -> bool:
     return os.environ.get(NETWORK_ENV, "").strip().lower() == "host"
 
 
-class ContainerKafka:
+class _ContainerService:
+    """A testcontainers container whose readiness is probed like its local twin's.
+
+    Subclasses set ``component``, ``container`` and ``_probe`` (the local service object,
+    used only for its ``is_ready``).
+    """
+
+    component: str
+    container: Any
+    _probe: KafkaBroker | TritonServer
+    _started = False
+
+    def _wait_ready(self) -> None:
+        if not wait_until(self._probe.is_ready, timeout_s=CONTAINER_START_TIMEOUT_S):
+            logs = b"".join(self.container.get_logs()).decode("utf-8", "replace")
+            raise EmbeddedStackError(f"{self.component} container not ready:\n{logs[-4000:]}")
+
+    def start(self) -> None:
+        if self._started:
+            self.container.get_wrapped_container().start()
+        else:
+            self.container.start()
+            self._started = True
+        self._wait_ready()
+
+    def stop(self) -> None:
+        self.container.get_wrapped_container().stop()
+
+    def remove(self) -> None:
+        self.container.stop()
+
+
+class ContainerKafka(_ContainerService):
     """``apache/kafka`` (KRaft, one node) with its listener bound to a fixed free host port.
 
     A fixed port keeps the advertised listener valid across :meth:`restart`.
     """
+
+    component = "kafka"
 
     def __init__(self, image: str = KAFKA_IMAGE) -> None:
         from testcontainers.core.container import DockerContainer  # noqa: PLC0415 - optional
@@ -259,27 +293,10 @@ class ContainerKafka:
         )
         # Readiness is probed exactly as for the local broker.
         self._probe = KafkaBroker(Path("/nonexistent"), KafkaPorts(self.host_port, 0))
-        self._started = False
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.host_port}"
-
-    def _wait_ready(self) -> None:
-        if not wait_until(self._probe.is_ready, timeout_s=CONTAINER_START_TIMEOUT_S):
-            logs = b"".join(self.container.get_logs()).decode("utf-8", "replace")
-            raise EmbeddedStackError(f"kafka container not ready:\n{logs[-4000:]}")
-
-    def start(self) -> None:
-        if self._started:
-            self.container.get_wrapped_container().start()
-        else:
-            self.container.start()
-            self._started = True
-        self._wait_ready()
-
-    def stop(self) -> None:
-        self.container.get_wrapped_container().stop()
 
     def restart(self) -> None:
         self.container.get_wrapped_container().restart()
@@ -288,12 +305,11 @@ class ContainerKafka:
     def create_topic(self, name: str, partitions: int = 1) -> None:
         create_topic(self.bootstrap_servers, name, partitions)
 
-    def remove(self) -> None:
-        self.container.stop()
 
-
-class ContainerTriton:
+class ContainerTriton(_ContainerService):
     """NVIDIA's ``tritonserver`` image serving ``repository`` with its onnxruntime backend."""
+
+    component = "triton"
 
     def __init__(self, repository: Path, image: str = TRITON_IMAGE) -> None:
         from testcontainers.core.container import DockerContainer  # noqa: PLC0415 - optional
@@ -315,7 +331,6 @@ class ContainerTriton:
             str(repository.resolve()), "/models", "ro"
         ).with_command(command)
         self._probe = TritonServer(Path("/nonexistent"), Path(), self.ports)
-        self._started = False
 
     @property
     def grpc_url(self) -> str:
@@ -324,22 +339,6 @@ class ContainerTriton:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.http}"
-
-    def start(self) -> None:
-        if self._started:
-            self.container.get_wrapped_container().start()
-        else:
-            self.container.start()
-            self._started = True
-        if not wait_until(self._probe.is_ready, timeout_s=CONTAINER_START_TIMEOUT_S):
-            logs = b"".join(self.container.get_logs()).decode("utf-8", "replace")
-            raise EmbeddedStackError(f"triton container not ready:\n{logs[-4000:]}")
-
-    def stop(self) -> None:
-        self.container.get_wrapped_container().stop()
-
-    def remove(self) -> None:
-        self.container.stop()
 
 
 # ----------------------------------------------------------------------------- fixtures
