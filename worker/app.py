@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from worker import failpoints
 from worker.batching import MicroBatch, MicroBatcher, PendingTweet
 from worker.errors import (
     FatalError,
@@ -317,6 +318,7 @@ class Worker:
                 )
                 self.metrics_port = server.port
             self._log.info("starting", settings=s.redacted(), metrics_port=self.metrics_port)
+            self._check_failpoint()
             self._tokenizer = self._make_tokenizer(s)
             labels = self._labels if self._labels is not None else self._read_labels()
             self._classifier = self._make_classifier(s)
@@ -344,6 +346,19 @@ class Worker:
         self._log.info("stopped")
 
     # --- startup ------------------------------------------------------------------
+
+    def _check_failpoint(self) -> None:
+        """Refuse a malformed test failpoint at startup; say loudly when one is armed."""
+        try:
+            point = failpoints.armed()
+        except failpoints.FailpointSpecError as exc:
+            raise FatalError(str(exc)) from exc
+        if point is not None:
+            self._log.warning(
+                "test failpoint armed: this process will SIGKILL itself",
+                failpoint=point.name,
+                on_hit=point.on_hit,
+            )
 
     def _read_labels(self) -> list[str]:
         path = self.settings.layout.labels
@@ -526,6 +541,7 @@ class Worker:
                 raise FatalError(f"inference failed unexpectedly: {exc!r}") from exc
             if self._inference_failing:
                 self._recovered()
+            failpoints.hit(failpoints.AFTER_INFERENCE)
             self._publish(head.batch, outcomes, version, seconds)
 
     def _back_off(self, failed: InFlight, error: TransientError) -> None:
@@ -739,7 +755,9 @@ class Worker:
         offsets = self.tracker.committable()
         if not offsets:
             return
+        failpoints.hit(failpoints.AFTER_SEND)  # acknowledged, not yet committed
         try:
+            failpoints.hit(failpoints.DURING_COMMIT)
             if self._source.commit(offsets):
                 self.tracker.committed(offsets)
                 self.metrics.commits.inc()
