@@ -1,7 +1,9 @@
 """A real Apache Kafka broker and a real Triton server as local processes, without Docker.
 
 - :class:`KafkaBroker` runs Kafka 4.x in KRaft mode (one process, broker and controller)
-  from the Maven Central jars that :func:`fetch_kafka_jars` copies into a git-ignored cache.
+  from the Maven Central jars that :func:`fetch_kafka_jars` copies into a git-ignored cache;
+  :class:`KafkaCluster` runs several of them as one cluster (each node broker and
+  controller, a static quorum of all nodes) for replication and failover tests.
 - :class:`TritonServer` runs the ``tritonserver`` binary of the ``nvidia-pytriton`` wheel on
   the Python-backend twin (:mod:`compose.twin`) of the exporter's model repository.
 
@@ -25,7 +27,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,13 @@ KAFKA_START_TIMEOUT_S = 90.0
 # Triton loads the twin model, whose stub imports numpy and onnxruntime: ~5-20 s.
 TRITON_START_TIMEOUT_S = 120.0
 KAFKA_HEAP = "512m"  # a test broker; Kafka's scripts default to 1 GiB
+# Each node of a test cluster holds a few small topics; three share the machine.
+CLUSTER_NODE_HEAP = "320m"
 KAFKA_NODE_ID = 1
+# A killed cluster node is fenced (its partitions led elsewhere, dropped from ISRs) once
+# its heartbeats stop for this long; Kafka's default is 9 s.
+CLUSTER_BROKER_SESSION_TIMEOUT_MS = 6000
+CLUSTER_BROKER_HEARTBEAT_INTERVAL_MS = 1000
 # Each readiness probe gives up quickly so the outer deadline stays the one that counts.
 PROBE_TIMEOUT_S = 3.0
 # Triton's grace period for in-flight requests on SIGTERM (its default is 30 s).
@@ -171,14 +179,36 @@ class KafkaPorts:
     controller: int = DEFAULT_KAFKA_CONTROLLER_PORT
 
 
+@dataclass(frozen=True)
+class Replication:
+    """How many copies the broker keeps of each partition, and how many must acknowledge.
+
+    ``factor`` is the default for new topics and for Kafka's internal topics (consumer
+    offsets, transaction state); ``min_insync`` is ``min.insync.replicas`` (what an
+    ``acks=all`` write needs) and the transaction log's minimum ISR.
+    """
+
+    factor: int = 1
+    min_insync: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_insync <= self.factor:
+            raise ValueError(
+                f"replication: need 1 <= min_insync ({self.min_insync}) <= factor ({self.factor})"
+            )
+
+
 class KafkaBroker:
-    """A single-node Kafka 4.x (KRaft, combined broker + controller) on 127.0.0.1.
+    """A Kafka 4.x node (KRaft, combined broker + controller) on 127.0.0.1.
+
+    Alone (the default) it is a single-node cluster; :class:`KafkaCluster` gives several
+    nodes one ``quorum`` and ``cluster_id``.
 
     Parameters
     ----------
     state_dir:
-        The stack's state folder; the broker keeps ``kafka/`` in it (data, config, log,
-        pid file). Data survives :meth:`stop`/:meth:`start`.
+        The stack's state folder; the broker keeps ``<name>/`` in it (data, config, log,
+        pid file). Data survives :meth:`stop`/:meth:`start`, :meth:`kill` and :meth:`restart`.
     ports:
         Client and controller ports.
     libs_dir:
@@ -187,6 +217,18 @@ class KafkaBroker:
         The ``java`` executable (17+).
     die_with_parent:
         Stop the broker when the process that started it dies (test fixtures).
+    node_id:
+        This node's id in the cluster.
+    name:
+        Folder in ``state_dir`` and the name in messages (``kafka``; ``kafka-2`` in a cluster).
+    quorum:
+        Every controller's node id and ports (default: this node alone).
+    replication:
+        Replica count and min ISR of new and internal topics (default: 1 and 1).
+    cluster_id:
+        The id storage is formatted with on first start (default: a new random one).
+    heap:
+        The JVM's heap (``-Xms``/``-Xmx``).
     """
 
     component = "kafka"
@@ -199,12 +241,26 @@ class KafkaBroker:
         libs_dir: Path | None = None,
         java: str = "java",
         die_with_parent: bool = False,
+        node_id: int = KAFKA_NODE_ID,
+        name: str = "kafka",
+        quorum: Mapping[int, KafkaPorts] | None = None,
+        replication: Replication | None = None,
+        cluster_id: str | None = None,
+        heap: str = KAFKA_HEAP,
     ) -> None:
-        self.home = state_dir.resolve() / "kafka"
+        self.component = name
+        self.home = state_dir.resolve() / name
         self.ports = ports or KafkaPorts()
         self.libs_dir = libs_dir or default_kafka_libs_dir()
         self.java = java
         self.die_with_parent = die_with_parent
+        self.node_id = node_id
+        self.quorum = dict(quorum) if quorum is not None else {node_id: self.ports}
+        if self.quorum.get(node_id) != self.ports:
+            raise ValueError(f"{name}: the quorum must list node {node_id} with its own ports")
+        self.replication = replication or Replication()
+        self.cluster_id = cluster_id
+        self.heap = heap
         self.data_dir = self.home / "data"
         self.config_file = self.home / "server.properties"
         self.endpoint_file = self.home / "endpoint.json"
@@ -234,12 +290,21 @@ class KafkaBroker:
         return broker
 
     def server_properties(self) -> dict[str, str]:
-        """The broker's configuration: one node, loopback only, single-replica internals."""
+        """The node's configuration: loopback only, replica counts from ``replication``.
+
+        Internal topics (consumer offsets, transaction state) get the same replica count
+        as new topics, so a single node supports transactions and a cluster keeps its
+        group offsets through the loss of a node.
+        """
         controller = f"{LOOPBACK}:{self.ports.controller}"
-        return {
+        voters = ",".join(
+            f"{node}@{LOOPBACK}:{ports.controller}" for node, ports in sorted(self.quorum.items())
+        )
+        factor, min_insync = str(self.replication.factor), str(self.replication.min_insync)
+        properties = {
             "process.roles": "broker,controller",
-            "node.id": str(KAFKA_NODE_ID),
-            "controller.quorum.voters": f"{KAFKA_NODE_ID}@{controller}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": voters,
             "listeners": f"PLAINTEXT://{self.bootstrap_servers},CONTROLLER://{controller}",
             "advertised.listeners": f"PLAINTEXT://{self.bootstrap_servers}",
             "controller.listener.names": "CONTROLLER",
@@ -247,21 +312,27 @@ class KafkaBroker:
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.data_dir),
             "num.partitions": "1",
-            # One broker: internal topics can have one replica only.
-            "offsets.topic.replication.factor": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "default.replication.factor": factor,
+            "min.insync.replicas": min_insync,
+            "offsets.topic.replication.factor": factor,
+            "transaction.state.log.replication.factor": factor,
+            "transaction.state.log.min.isr": min_insync,
+            "share.coordinator.state.topic.replication.factor": factor,
+            "share.coordinator.state.topic.min.isr": min_insync,
             # Tests join groups constantly; Kafka's default waits 3 s for more members.
             "group.initial.rebalance.delay.ms": "0",
         }
+        if len(self.quorum) > 1:
+            # Failover tests kill nodes: notice a dead one sooner than Kafka's 9 s.
+            properties["broker.session.timeout.ms"] = str(CLUSTER_BROKER_SESSION_TIMEOUT_MS)
+            properties["broker.heartbeat.interval.ms"] = str(CLUSTER_BROKER_HEARTBEAT_INTERVAL_MS)
+        return properties
 
     def _java_argv(self, main_class: str, *args: str) -> list[str]:
         return [
             self.java,
-            f"-Xms{KAFKA_HEAP}",
-            f"-Xmx{KAFKA_HEAP}",
+            f"-Xms{self.heap}",
+            f"-Xmx{self.heap}",
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={KAFKA_LOG4J2_CONFIG}",
@@ -288,7 +359,8 @@ class KafkaBroker:
         argv = self._java_argv(
             KAFKA_STORAGE_TOOL, "format", "--ignore-formatted",
             # `=`: a generated id may start with "-" and read as an option.
-            f"--cluster-id={_kafka_cluster_id()}", f"--config={self.config_file}",
+            f"--cluster-id={self.cluster_id or _kafka_cluster_id()}",
+            f"--config={self.config_file}",
         )  # fmt: skip
         with self.log_file.open("ab") as log:
             result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False)
@@ -326,7 +398,7 @@ class KafkaBroker:
             for broker in cluster.get("brokers", [])
             if not broker.get("is_fenced", False)
         }
-        return KAFKA_NODE_ID in unfenced and int(cluster.get("controller_id", -1)) >= 0
+        return self.node_id in unfenced and int(cluster.get("controller_id", -1)) >= 0
 
     def start(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> bool:
         """Start the broker unless it already runs here and answers; wait until ready.
@@ -344,6 +416,33 @@ class KafkaBroker:
                 self.is_ready, timeout_s, "running but not ready", stop_on_failure=False
             )
             return False
+        self.launch()
+        self.await_ready(timeout_s)
+        return True
+
+    def await_ready(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
+        """Wait until this node answers with itself unfenced (stop it if it does not).
+
+        Raises
+        ------
+        ServiceStartError
+            The process exited, or the node was not ready within ``timeout_s``.
+        """
+        self.process.await_ready(
+            self.is_ready, timeout_s, f"broker {self.bootstrap_servers} not ready"
+        )
+
+    def launch(self) -> None:
+        """Write the config, format storage on first start and start the process; no wait.
+
+        A cluster launches every node before waiting: no node is ready before a majority
+        of the controller quorum runs.
+
+        Raises
+        ------
+        ServiceStartError
+            Jars or java missing, a port taken, or storage formatting failed.
+        """
         self._check_jars()
         ensure_ports_free(
             self.component, {"client": self.ports.port, "controller": self.ports.controller}
@@ -362,14 +461,18 @@ class KafkaBroker:
             self.endpoint_file,
             {"port": self.ports.port, "controller_port": self.ports.controller},
         )
-        self.process.await_ready(
-            self.is_ready, timeout_s, f"broker {self.bootstrap_servers} not ready"
-        )
-        return True
 
     def stop(self) -> bool:
         """Stop the broker (SIGTERM, then SIGKILL); data stays. ``True`` if it was running."""
         return self.process.stop()
+
+    def kill(self) -> bool:
+        """SIGKILL the broker: a crash without clean shutdown; data on disk stays.
+
+        ``True`` if it was running. :meth:`start` brings it back on the same data (Kafka
+        recovers its logs from the last flushed state).
+        """
+        return self.process.kill()
 
     def restart(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
         """Stop, then start again on the same data and ports."""
@@ -379,29 +482,156 @@ class KafkaBroker:
     def create_topics(self, partitions: Mapping[str, int]) -> list[str]:
         """Create the topics that do not exist yet (idempotent); return those created.
 
+        Each gets ``replication.factor`` replicas.
+
         Raises
         ------
         EmbeddedStackError
             The broker refused a topic for another reason than its existence.
         """
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
-        created: list[str] = []
+        return create_topics(self.bootstrap_servers, partitions, self.replication.factor)
+
+
+class KafkaCluster:
+    """Several :class:`KafkaBroker` nodes forming one KRaft cluster on 127.0.0.1.
+
+    Every node is broker and controller; the controller quorum is all nodes (a majority
+    must run). Each node keeps ``kafka-<id>/`` in ``state_dir``; stop, kill and start
+    single nodes through :meth:`node`.
+
+    Parameters
+    ----------
+    state_dir:
+        Folder holding the nodes' folders.
+    ports:
+        One :class:`KafkaPorts` per node; node ids are 1, 2, ... in this order.
+    replication:
+        Replica count and min ISR of new and internal topics (default: 3 and 2, or the
+        node count and a majority of it for smaller clusters).
+    libs_dir, java, die_with_parent, heap:
+        As for :class:`KafkaBroker`, for every node.
+    """
+
+    component = "kafka-cluster"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        ports: Sequence[KafkaPorts],
+        *,
+        replication: Replication | None = None,
+        libs_dir: Path | None = None,
+        java: str = "java",
+        die_with_parent: bool = False,
+        heap: str = CLUSTER_NODE_HEAP,
+    ) -> None:
+        if not ports:
+            raise ValueError("a Kafka cluster needs at least one node")
+        size = len(ports)
+        self.replication = replication or Replication(min(3, size), min(3, size) // 2 + 1)
+        if self.replication.factor > size:
+            raise ValueError(
+                f"replication factor {self.replication.factor} exceeds the {size} nodes"
+            )
+        quorum = {index + 1: node_ports for index, node_ports in enumerate(ports)}
+        cluster_id = _kafka_cluster_id()
+        self.nodes = [
+            KafkaBroker(
+                state_dir,
+                node_ports,
+                libs_dir=libs_dir,
+                java=java,
+                die_with_parent=die_with_parent,
+                node_id=node_id,
+                name=f"kafka-{node_id}",
+                quorum=quorum,
+                replication=self.replication,
+                cluster_id=cluster_id,
+                heap=heap,
+            )
+            for node_id, node_ports in quorum.items()
+        ]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Every node's ``host:port``, comma-separated (clients find the live ones)."""
+        return ",".join(node.bootstrap_servers for node in self.nodes)
+
+    def node(self, node_id: int) -> KafkaBroker:
+        """The node with id ``node_id`` (1-based, in the order of ``ports``)."""
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
+        raise KeyError(f"no node {node_id} in this cluster (ids 1..{len(self.nodes)})")
+
+    def running_nodes(self) -> list[KafkaBroker]:
+        return [node for node in self.nodes if node.is_running()]
+
+    def start(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
+        """Start every node not running yet, then wait until all are ready.
+
+        Raises
+        ------
+        ServiceStartError
+            A node failed to launch or become ready within ``timeout_s``; every node this
+            call started is stopped again.
+        """
+        launched: list[KafkaBroker] = []
         try:
-            existing = set(admin.list_topics())
-            for name, count in partitions.items():
-                if name in existing:
-                    continue
-                topic = NewTopic(name=name, num_partitions=count, replication_factor=1)
-                try:
-                    admin.create_topics([topic], wait_for_metadata=True)
-                except TopicAlreadyExistsError:
-                    continue  # created concurrently: the outcome we want
-                except Exception as error:
-                    raise EmbeddedStackError(f"kafka: creating topic {name!r}: {error}") from error
-                created.append(name)
-        finally:
-            admin.close()
-        return created
+            for node in self.nodes:
+                if not node.is_running():
+                    node.launch()
+                    launched.append(node)
+            for node in self.nodes:
+                # One deadline for the whole cluster: nodes become ready together.
+                node.await_ready(timeout_s)
+        except BaseException:
+            for node in launched:
+                node.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM, then SIGKILL); data stays."""
+        for node in reversed(self.nodes):
+            node.stop()
+
+    def is_ready(self) -> bool:
+        """Whether every node answers with itself unfenced."""
+        return all(node.is_ready() for node in self.nodes)
+
+    def create_topics(self, partitions: Mapping[str, int]) -> list[str]:
+        """Create the topics that do not exist yet with ``replication.factor`` replicas."""
+        return create_topics(self.bootstrap_servers, partitions, self.replication.factor)
+
+
+def create_topics(
+    bootstrap_servers: str, partitions: Mapping[str, int], replication_factor: int = 1
+) -> list[str]:
+    """Create the topics that do not exist yet (idempotent); return those created.
+
+    Raises
+    ------
+    EmbeddedStackError
+        The broker refused a topic for another reason than its existence.
+    """
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    created: list[str] = []
+    try:
+        existing = set(admin.list_topics())
+        for name, count in partitions.items():
+            if name in existing:
+                continue
+            topic = NewTopic(name=name, num_partitions=count, replication_factor=replication_factor)
+            try:
+                admin.create_topics([topic], wait_for_metadata=True)
+            except TopicAlreadyExistsError:
+                continue  # created concurrently: the outcome we want
+            except Exception as error:
+                raise EmbeddedStackError(f"kafka: creating topic {name!r}: {error}") from error
+            created.append(name)
+    finally:
+        admin.close()
+    return created
 
 
 def pipeline_topics(tweets_partitions: int = DEFAULT_TWEETS_PARTITIONS) -> dict[str, int]:
@@ -652,10 +882,13 @@ __all__ = [
     "TWEETS_TOPIC",
     "EmbeddedStackError",
     "KafkaBroker",
+    "KafkaCluster",
     "KafkaPorts",
+    "Replication",
     "ServiceStartError",
     "TritonPorts",
     "TritonServer",
+    "create_topics",
     "fetch_kafka_jars",
     "pipeline_topics",
     "tail",

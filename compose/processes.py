@@ -114,9 +114,30 @@ def _live_group_members(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        if int(fields[2]) == pgid and (fields[0] != "Z" or _threads_alive(entry)):
             members.append(int(entry.name))
     return members
+
+
+def _threads_alive(process: Path) -> bool:
+    """Whether a zombie-looking process still has live threads.
+
+    A multi-threaded process (the JVM) shows ``Z`` once its main thread has exited while
+    its other threads are still being torn down; its sockets close only after the last
+    one, so a restart on the same ports must wait for them.
+    """
+    try:
+        tasks = list((process / "task").iterdir())
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            state = (task / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in {"Z", "X"}:
+            return True
+    return False
 
 
 def _sigterm_on_parent_death() -> Callable[[], None]:
@@ -284,6 +305,21 @@ class ManagedProcess:
         if not wait_until(lambda: not self._alive(pid), timeout_s=timeout_s, on_poll=self._reap):
             self._signal_group(pid, signal.SIGKILL)
             wait_until(lambda: not self._alive(pid), timeout_s=KILL_WAIT_S, on_poll=self._reap)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> bool:
+        """SIGKILL the service's process group at once: a crash, no clean shutdown.
+
+        Returns ``True`` when a running process was killed, ``False`` when there was
+        nothing of ours to kill. The pid file is removed either way.
+        """
+        pid = self.recorded_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        self._signal_group(pid, signal.SIGKILL)
+        wait_until(lambda: not self._alive(pid), timeout_s=KILL_WAIT_S, on_poll=self._reap)
         self.pid_file.unlink(missing_ok=True)
         return True
 

@@ -25,4 +25,9 @@ def skip_or_fail(reason: str) -> None:
 # Fixtures live beside the code they exercise, as plugins, so each part owns its own:
 #   tests/support/model_fixtures.py    tiny HF model + tokenizer, exported model repository
 #   tests/support/service_fixtures.py  real Kafka broker and real Triton server
-pytest_plugins = ["tests.support.model_fixtures", "tests.support.service_fixtures"]
+#   tests/support/broker_fixtures.py   brokers a test owns: clusters, killable brokers
+pytest_plugins = [
+    "tests.support.model_fixtures",
+    "tests.support.service_fixtures",
+    "tests.support.broker_fixtures",
+]

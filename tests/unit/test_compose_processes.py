@@ -28,6 +28,17 @@ def test_start_records_and_stop_ends_the_process(tmp_path: Path) -> None:
     assert not process.stop()
 
 
+def test_kill_ends_a_process_that_ignores_sigterm_at_once(tmp_path: Path) -> None:
+    marker = str(tmp_path)
+    process = _managed(tmp_path, marker)
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    process.start([sys.executable, "-c", stubborn, marker])
+    assert process.kill()
+    assert not process.is_running()
+    assert not process.pid_file.exists()
+    assert not process.kill()  # nothing of ours left to kill
+
+
 def test_a_recorded_pid_that_is_not_ours_is_left_alone(tmp_path: Path) -> None:
     stranger = subprocess.Popen(SLEEPER)  # no marker in its command line
     try:
