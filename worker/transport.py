@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -46,10 +48,52 @@ PRODUCER_LINGER_MS = 5
 _TOO_LARGE = (kafka.errors.MessageSizeTooLargeError, kafka.errors.RecordListTooLargeError)
 
 
+class _LoginFailureWatch(logging.Filter):
+    """Remembers the last refused login (SASL credentials, TLS certificate) kafka-python saw.
+
+    kafka-python 3.0.12 retries a bootstrap whose login the broker refused until its
+    bootstrap timeout and then reports only "Unable to bootstrap"; the refusal itself is
+    only logged, with the exception as a log argument. Wrong credentials are not a broker
+    outage: :func:`translate_kafka_error` turns that timeout into a :class:`FatalError`
+    carrying the refusal. The broker's message names the mechanism, never the password.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failure: BaseException | None = None
+        self.at = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, _LOGIN_REFUSED):
+                self.failure, self.at = arg, time.monotonic()
+        return True
+
+    def recent(self, within_s: float) -> BaseException | None:
+        if self.failure is not None and time.monotonic() - self.at <= within_s:
+            return self.failure
+        return None
+
+
+_LOGIN_REFUSED = (kafka.errors.SaslAuthenticationFailedError, ssl.SSLCertVerificationError)
+# Longer than kafka-python's bootstrap timeout (30 s): a refusal during this bootstrap.
+_LOGIN_FAILURE_WINDOW_S = 90.0
+_login_failures = _LoginFailureWatch()
+logging.getLogger("kafka.net.manager").addFilter(_login_failures)
+
+
 def translate_kafka_error(exc: BaseException, operation: str) -> WorkerError:
     """The worker error for an exception from kafka-python."""
     if isinstance(exc, WorkerError):
         return exc
+    refused = _login_failures.recent(_LOGIN_FAILURE_WINDOW_S)
+    if isinstance(exc, kafka.errors.KafkaTimeoutError) and refused is not None:
+        return FatalError(
+            f"Kafka {operation} failed: the broker refused the login ({refused}); check "
+            "EMOTION_STREAM_SASL_USERNAME, EMOTION_STREAM_SASL_PASSWORD, "
+            "EMOTION_STREAM_SASL_MECHANISM and EMOTION_STREAM_SSL_CAFILE"
+        )
     if isinstance(exc, _TOO_LARGE):
         return RecordTooLarge(operation, str(exc))
     if isinstance(exc, kafka.errors.KafkaError) and exc.retriable:

@@ -26,3 +26,22 @@ def test_kafka_errors_translate(error: Exception, kind: type[Exception]) -> None
     translated = translate_kafka_error(error, "send to emotions")
     assert type(translated) is kind
     assert "emotions" in str(translated)
+
+
+def test_a_bootstrap_timeout_after_a_refused_login_is_fatal_and_names_the_settings() -> None:
+    """kafka-python only logs the refusal and then times out: that must not read as an outage."""
+    import logging  # noqa: PLC0415 - local to this test
+
+    from worker import transport  # noqa: PLC0415
+
+    timeout = kafka.errors.KafkaTimeoutError("Unable to bootstrap from 127.0.0.1:9093")
+    assert isinstance(translate_kafka_error(timeout, "consumer start"), BrokerUnavailable)
+    refusal = kafka.errors.SaslAuthenticationFailedError("invalid credentials")
+    try:
+        logging.getLogger("kafka.net.manager").error("Connection failed: %s", refusal)
+        error = translate_kafka_error(timeout, "consumer start")
+        assert isinstance(error, FatalError)
+        assert "refused the login" in str(error) and "invalid credentials" in str(error)
+        assert "EMOTION_STREAM_SASL_PASSWORD" in str(error)
+    finally:
+        transport._login_failures.failure = None  # later tests must see a plain timeout
