@@ -27,12 +27,22 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    NewTopic,
+    ResourcePattern,
+    ResourceType,
+)
+from kafka.admin._users import UserScramCredentialUpsertion
 from kafka.errors import KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
 
 from compose.processes import (
@@ -73,6 +83,14 @@ CLUSTER_BROKER_HEARTBEAT_INTERVAL_MS = 1000
 PROBE_TIMEOUT_S = 3.0
 # Triton's grace period for in-flight requests on SIGTERM (its default is 30 s).
 TRITON_EXIT_TIMEOUT_S = 10
+
+# The secure listener: SASL (SCRAM-SHA-512) over TLS.
+SECURE_LISTENER = "SASL_SSL"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SCRAM_LOGIN_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
+KRAFT_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+# The PLAINTEXT listener's (and the controllers') principal: the operator's loopback door.
+ANONYMOUS = "User:ANONYMOUS"
 
 KAFKA_POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 KAFKA_LOG4J2_CONFIG = Path(__file__).resolve().parent / "kafka" / "log4j2.properties"
@@ -198,6 +216,88 @@ class Replication:
             )
 
 
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """A ``SASL_SSL`` listener (SCRAM-SHA-512 over TLS) beside the PLAINTEXT one, maybe ACLs.
+
+    The PLAINTEXT listener stays, on loopback, for the operator and test harnesses
+    (readiness, topic creation, reading results); clients under test use the secure one.
+
+    Parameters
+    ----------
+    port:
+        The ``SASL_SSL`` listener's port.
+    keystore:
+        PEM file with the broker's private key and certificate (``ssl.keystore.type=PEM``),
+        for ``127.0.0.1``/``localhost``; :func:`compose.certificates.make_server_certificate`.
+    truststore:
+        PEM file of the CA that signed it: what clients verify the broker with.
+    users:
+        SCRAM-SHA-512 user names and passwords, created once the broker runs. The admin
+        client sends only the salted hash: no password on a command line or in a log.
+    authorizer:
+        Run KRaft's ``StandardAuthorizer``: a SCRAM user may do only what ACLs allow
+        (:meth:`KafkaBroker.set_acls`). The PLAINTEXT listener (``User:ANONYMOUS``, the
+        controllers' too) and ``super_users`` may do everything.
+    super_users:
+        User names with every right.
+    """
+
+    port: int
+    keystore: Path
+    truststore: Path
+    users: Mapping[str, str] = field(default_factory=dict, repr=False)
+    authorizer: bool = False
+    super_users: tuple[str, ...] = ()
+
+    def client_options(self, user: str) -> dict[str, Any]:
+        """kafka-python keyword arguments for ``user`` on the secure listener (with password)."""
+        return {
+            "bootstrap_servers": f"{LOOPBACK}:{self.port}",
+            "security_protocol": SECURE_LISTENER,
+            "sasl_mechanism": SCRAM_MECHANISM,
+            "sasl_plain_username": user,
+            "sasl_plain_password": self.users[user],
+            "ssl_cafile": str(self.truststore),
+        }
+
+    def server_properties(self) -> dict[str, str]:
+        """What the broker's configuration gains (listener lists are extended by the caller)."""
+        listener = SECURE_LISTENER.lower()
+        properties = {
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            f"listener.name.{listener}.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
+                f"{SCRAM_LOGIN_MODULE} required;"
+            ),
+            f"listener.name.{listener}.ssl.keystore.type": "PEM",
+            f"listener.name.{listener}.ssl.keystore.location": str(self.keystore),
+            f"listener.name.{listener}.ssl.client.auth": "none",
+        }
+        if self.authorizer:
+            principals = [ANONYMOUS, *(f"User:{user}" for user in self.super_users)]
+            properties["authorizer.class.name"] = KRAFT_AUTHORIZER
+            properties["super.users"] = ";".join(principals)
+            properties["allow.everyone.if.no.acl.found"] = "false"
+        return properties
+
+
+# Names an ACL helper accepts, as Kafka's own tools spell them.
+ACL_RESOURCES = {
+    "topic": ResourceType.TOPIC,
+    "group": ResourceType.GROUP,
+    "cluster": ResourceType.CLUSTER,
+    "transactional_id": ResourceType.TRANSACTIONAL_ID,
+}
+CLUSTER_RESOURCE_NAME = "kafka-cluster"
+
+
+def _acl_operation(name: str) -> ACLOperation:
+    try:
+        return ACLOperation[name.upper().replace("-", "_")]
+    except KeyError:
+        raise ValueError(f"unknown ACL operation {name!r}") from None
+
+
 class KafkaBroker:
     """A Kafka 4.x node (KRaft, combined broker + controller) on 127.0.0.1.
 
@@ -229,6 +329,8 @@ class KafkaBroker:
         The id storage is formatted with on first start (default: a new random one).
     heap:
         The JVM's heap (``-Xms``/``-Xmx``).
+    security:
+        A ``SASL_SSL`` listener, SCRAM users and maybe ACLs (:class:`KafkaSecurity`).
     """
 
     component = "kafka"
@@ -247,6 +349,7 @@ class KafkaBroker:
         replication: Replication | None = None,
         cluster_id: str | None = None,
         heap: str = KAFKA_HEAP,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.component = name
         self.home = state_dir.resolve() / name
@@ -261,6 +364,7 @@ class KafkaBroker:
         self.replication = replication or Replication()
         self.cluster_id = cluster_id
         self.heap = heap
+        self.security = security
         self.data_dir = self.home / "data"
         self.config_file = self.home / "server.properties"
         self.endpoint_file = self.home / "endpoint.json"
@@ -322,6 +426,12 @@ class KafkaBroker:
             # Tests join groups constantly; Kafka's default waits 3 s for more members.
             "group.initial.rebalance.delay.ms": "0",
         }
+        if self.security is not None:
+            secure = f"{SECURE_LISTENER}://{LOOPBACK}:{self.security.port}"
+            properties["listeners"] += f",{secure}"
+            properties["advertised.listeners"] += f",{secure}"
+            properties["listener.security.protocol.map"] += f",{SECURE_LISTENER}:{SECURE_LISTENER}"
+            properties.update(self.security.server_properties())
         if len(self.quorum) > 1:
             # Failover tests kill nodes: notice a dead one sooner than Kafka's 9 s.
             properties["broker.session.timeout.ms"] = str(CLUSTER_BROKER_SESSION_TIMEOUT_MS)
@@ -418,7 +528,119 @@ class KafkaBroker:
             return False
         self.launch()
         self.await_ready(timeout_s)
+        self._secure(timeout_s)
         return True
+
+    def _secure(self, timeout_s: float) -> None:
+        """Create the SCRAM users, then wait until the secure listener accepts one of them."""
+        if self.security is None or not self.security.users:
+            return
+        try:
+            self.add_scram_users(self.security.users)
+        except EmbeddedStackError as error:
+            self.stop()
+            raise ServiceStartError(self.component, str(error), self.log_file) from error
+        user = next(iter(self.security.users))
+        self.process.await_ready(
+            lambda: self._answers_as(user),
+            timeout_s,
+            f"{SECURE_LISTENER} listener on port {self.security.port} refused user {user!r}",
+        )
+
+    def _answers_as(self, user: str) -> bool:
+        """Whether ``user`` authenticates on the secure listener and gets metadata."""
+        assert self.security is not None
+        probe_ms = int(PROBE_TIMEOUT_S * 1000)
+        try:
+            admin = KafkaAdminClient(
+                client_id="emotion-stream-readiness",
+                request_timeout_ms=probe_ms,
+                bootstrap_timeout_ms=probe_ms,
+                **self.security.client_options(user),
+            )
+        except KafkaConfigurationError:
+            raise
+        except (KafkaError, OSError):
+            return False
+        try:
+            admin.list_topics()  # metadata: any authenticated user may ask
+        except (KafkaError, OSError):
+            return False
+        finally:
+            admin.close()
+        return True
+
+    def _admin(self) -> KafkaAdminClient:
+        """An admin client on the PLAINTEXT listener (a super user when ACLs are on)."""
+        return KafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers, client_id="emotion-stream-admin"
+        )
+
+    def add_scram_users(self, users: Mapping[str, str]) -> None:
+        """Create or update SCRAM-SHA-512 users (the client sends only salted hashes).
+
+        Raises
+        ------
+        EmbeddedStackError
+            The broker refused one (its message names the user, never the password).
+        """
+        admin = self._admin()
+        try:
+            results = admin.alter_user_scram_credentials(
+                [
+                    UserScramCredentialUpsertion(user, SCRAM_MECHANISM, password)
+                    for user, password in users.items()
+                ]
+            )
+        finally:
+            admin.close()
+        refused = {user: error for user, error in results.items() if error}
+        if refused:
+            raise EmbeddedStackError(f"kafka: SCRAM users refused: {refused}")
+
+    def set_acls(
+        self,
+        user: str,
+        operations: Iterable[str],
+        resource_type: str,
+        resource_name: str = CLUSTER_RESOURCE_NAME,
+        *,
+        allow: bool = True,
+        prefixed: bool = False,
+    ) -> None:
+        """Allow (or deny) ``user`` the ``operations`` on one resource, for any host.
+
+        ``resource_type`` is ``topic``, ``group``, ``cluster`` or ``transactional_id``;
+        ``operations`` are Kafka's names (``read``, ``write``, ``describe``,
+        ``idempotent_write``, ``all``...); ``prefixed`` matches every name starting with
+        ``resource_name``. A deny wins over any allow. Needs ``security.authorizer``.
+
+        Raises
+        ------
+        ValueError
+            Unknown resource type or operation.
+        EmbeddedStackError
+            The broker refused an ACL (no authorizer configured, for instance).
+        """
+        if resource_type not in ACL_RESOURCES:
+            raise ValueError(f"resource_type must be one of {sorted(ACL_RESOURCES)}")
+        pattern = ResourcePattern(
+            ACL_RESOURCES[resource_type],
+            resource_name,
+            ACLResourcePatternType.PREFIXED if prefixed else ACLResourcePatternType.LITERAL,
+        )
+        permission = ACLPermissionType.ALLOW if allow else ACLPermissionType.DENY
+        acls = [
+            ACL(f"User:{user}", "*", _acl_operation(operation), permission, pattern)
+            for operation in operations
+        ]
+        admin = self._admin()
+        try:
+            result = admin.create_acls(acls)
+        finally:
+            admin.close()
+        if result.get("failed"):
+            raise EmbeddedStackError(f"kafka: ACLs refused: {result['failed']}")
 
     def await_ready(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
         """Wait until this node answers with itself unfenced (stop it if it does not).
@@ -884,6 +1106,7 @@ __all__ = [
     "KafkaBroker",
     "KafkaCluster",
     "KafkaPorts",
+    "KafkaSecurity",
     "Replication",
     "ServiceStartError",
     "TritonPorts",

@@ -26,8 +26,10 @@ def skip_or_fail(reason: str) -> None:
 #   tests/support/model_fixtures.py    tiny HF model + tokenizer, exported model repository
 #   tests/support/service_fixtures.py  real Kafka broker and real Triton server
 #   tests/support/broker_fixtures.py   brokers a test owns: clusters, killable brokers
+#   tests/support/secure_fixtures.py   a broker with a SASL_SSL listener, maybe ACLs
 pytest_plugins = [
     "tests.support.model_fixtures",
     "tests.support.service_fixtures",
     "tests.support.broker_fixtures",
+    "tests.support.secure_fixtures",
 ]

@@ -1,0 +1,224 @@
+"""Kafka over SASL_SSL (SCRAM-SHA-512) and ACLs, with the real worker as a subprocess.
+
+The broker is the embedded Kafka with a SASL_SSL listener and certificates generated for
+the test (tests/support/secure_fixtures.py); Triton is the session's server. The harness
+seeds and reads over the broker's PLAINTEXT listener; only the worker uses SASL_SSL.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import AuthorizationError
+
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.secure_fixtures import (
+    ADMIN_USER,
+    WORKER_USER,
+    SecureKafka,
+    SecureKafkaFactory,
+)
+from worker.cli import EXIT_BAD_SETTINGS, EXIT_FATAL, EXIT_OK
+
+pytestmark = pytest.mark.integration
+
+SEEDED = 60
+RESULTS_TIMEOUT_S = 180.0
+COMMIT_TIMEOUT_S = 60.0
+EXIT_TIMEOUT_S = 60.0
+# kafka-python's bootstrap gives up after 30 s; start-up (tokenizer, Triton) comes first.
+FAIL_FAST_TIMEOUT_S = 150.0
+CLIENT_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def secure_pipeline(
+    triton_server: Any,
+    tiny_model_repository: Path,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> Iterator[Callable[[SecureKafka], Pipeline]]:
+    built: list[Pipeline] = []
+
+    def build(secure: SecureKafka) -> Pipeline:
+        pipeline = Pipeline(
+            bootstrap_servers=secure.bootstrap_servers,
+            triton_url=triton_server.grpc_url,
+            model_repository=tiny_model_repository,
+            name=unique_name("secure"),
+            workdir=tmp_path,
+            partitions=2,
+            worker_env={
+                "EMOTION_STREAM_RETRY_BACKOFF_INITIAL_S": "0.2",
+                "EMOTION_STREAM_RETRY_BACKOFF_MAX_S": "2.0",
+            },
+        )
+        built.append(pipeline)
+        return pipeline
+
+    yield build
+    for pipeline in built:
+        pipeline.close()
+
+
+def _assert_no_secret(text: str, secrets_: list[str], where: str) -> None:
+    for secret in secrets_:
+        assert secret not in text, f"a secret appears in {where}"
+    assert "PRIVATE KEY" not in text, f"key material appears in {where}"
+
+
+def test_worker_classifies_every_tweet_over_sasl_ssl(
+    secure_kafka_broker: SecureKafkaFactory, secure_pipeline: Callable[[SecureKafka], Pipeline]
+) -> None:
+    secure = secure_kafka_broker()
+    pipeline = secure_pipeline(secure)
+    ids = pipeline.seed(SEEDED)
+    worker = pipeline.start_worker(**secure.worker_env(WORKER_USER))
+
+    counts = pipeline.wait_for_results(ids, RESULTS_TIMEOUT_S)
+
+    assert set(counts) == set(ids)
+    assert pipeline.dead_letter_count() == 0, pipeline.describe()
+    wait_until(
+        lambda: sum(pipeline.committed_offsets().values()) == SEEDED,
+        COMMIT_TIMEOUT_S,
+        pipeline.describe,
+    )
+    # The worker had only the secure listener's address, and the broker advertises only
+    # that listener's endpoints to clients arriving on it.
+    log = worker.log()
+    assert f'"kafka_bootstrap_servers": "{secure.secure_bootstrap_servers}"' in log
+    assert '"security_protocol": "SASL_SSL"' in log
+    _assert_no_secret(log, [secure.password(WORKER_USER)], "the worker's log")
+    worker.terminate()
+    assert worker.wait(EXIT_TIMEOUT_S) == EXIT_OK, worker.log_tail()
+    _assert_no_secret(worker.log(), [secure.password(WORKER_USER)], "the worker's log")
+
+
+def test_wrong_password_stops_the_worker_with_a_clear_message_never_ready(
+    secure_kafka_broker: SecureKafkaFactory, secure_pipeline: Callable[[SecureKafka], Pipeline]
+) -> None:
+    secure = secure_kafka_broker()
+    pipeline = secure_pipeline(secure)
+    pipeline.seed(5)
+    wrong = "wrong-" + secrets.token_urlsafe(12)
+    worker = pipeline.start_worker(**secure.worker_env(WORKER_USER, password=wrong))
+
+    # Bounded: kafka-python gives up bootstrapping after 30 s; readiness is sampled all
+    # along and must never be 200.
+    readiness: set[int | None] = set()
+    deadline = time.monotonic() + FAIL_FAST_TIMEOUT_S
+    while worker.alive() and time.monotonic() < deadline:
+        readiness.add(worker.http_status("/readyz"))
+        time.sleep(0.2)
+    code = worker.wait(EXIT_TIMEOUT_S)
+
+    assert code == EXIT_FATAL, worker.log_tail()
+    assert 200 not in readiness, readiness
+    assert 503 in readiness, f"readiness never sampled while running: {readiness}"
+    log = worker.log()
+    assert "refused the login" in log and "EMOTION_STREAM_SASL_PASSWORD" in log, log[-3000:]
+    assert "invalid credentials" in log, log[-3000:]
+    _assert_no_secret(log, [wrong, secure.password(WORKER_USER)], "the failed worker's log")
+    # It never joined the group, so it cannot have committed anything.
+    assert '"partitions assigned"' not in log
+    assert pipeline.result_ids() == {}
+    print("\n" + "\n".join(line for line in log.splitlines() if "refused the login" in line))
+
+
+def test_settings_errors_never_echo_the_password(tmp_path: Path) -> None:
+    """Bad settings beside a password: the error names settings, never shows the secret."""
+    password = "s3cret-" + secrets.token_urlsafe(12)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_STREAM_")}
+    cases = {
+        # The password given, the user name missing: a model-level error.
+        "no user": {
+            "EMOTION_STREAM_SECURITY_PROTOCOL": "SASL_SSL",
+            "EMOTION_STREAM_SASL_MECHANISM": "SCRAM-SHA-512",
+            "EMOTION_STREAM_SASL_PASSWORD": password,
+        },
+        # A bad value elsewhere while the password is set.
+        "bad mechanism": {
+            "EMOTION_STREAM_SECURITY_PROTOCOL": "SASL_SSL",
+            "EMOTION_STREAM_SASL_MECHANISM": password,
+            "EMOTION_STREAM_SASL_USERNAME": "worker",
+            "EMOTION_STREAM_SASL_PASSWORD": password,
+        },
+    }
+    for case, env in cases.items():
+        result = subprocess.run(
+            [sys.executable, "-m", "emotion_stream.cli", "worker"],
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == EXIT_BAD_SETTINGS, (case, output)
+        assert "EMOTION_STREAM_" in output, (case, output)
+        if case == "no user":
+            _assert_no_secret(output, [password], f"the settings error ({case})")
+        else:
+            # The bad value is shown for the field it was given to (not a secret field)...
+            assert "EMOTION_STREAM_SASL_MECHANISM" in output, output
+            # ...but never through the password field.
+            assert "EMOTION_STREAM_SASL_PASSWORD" not in output, output
+
+
+def test_acls_let_a_user_read_the_input_but_not_write_the_outputs(
+    secure_kafka_broker: SecureKafkaFactory, unique_name: Callable[[str], str]
+) -> None:
+    secure = secure_kafka_broker(authorizer=True)
+    tweets, emotions, dlq = (unique_name(n) for n in ("tweets", "emotions", "dlq"))
+    group = unique_name("group")
+    secure.broker.create_topics({tweets: 1, emotions: 1, dlq: 1})
+    seed = KafkaProducer(bootstrap_servers=secure.bootstrap_servers, acks="all")  # super user
+    try:
+        seed.send(tweets, value=b'{"id": "1", "text": "hello"}').get(timeout=30)
+    finally:
+        seed.close()
+    secure.allow_worker(WORKER_USER, input_topic=tweets, group=group, output_topics=[])
+    secure.deny(WORKER_USER, ["write"], "topic", emotions)
+    secure.deny(WORKER_USER, ["write"], "topic", dlq)
+
+    consumer = KafkaConsumer(
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **secure.client_options(WORKER_USER),
+    )
+    try:
+        consumer.subscribe([tweets])
+        records: list[Any] = []
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while not records and time.monotonic() < deadline:
+            records = [r for rs in consumer.poll(timeout_ms=1000).values() for r in rs]
+        assert [r.value for r in records] == [b'{"id": "1", "text": "hello"}']
+        consumer.commit()  # the group is the worker's: committing is allowed
+    finally:
+        consumer.close()
+
+    for topic in (emotions, dlq):
+        producer = KafkaProducer(acks="all", max_block_ms=20_000, **secure.client_options())
+        try:
+            with pytest.raises(AuthorizationError):
+                producer.send(topic, value=b"{}").get(timeout=CLIENT_TIMEOUT_S)
+        finally:
+            producer.close(timeout=5)
+    # The same user with the right to write may: the denial is the ACL, not the setup.
+    secure.allow(ADMIN_USER, ["write"], "topic", emotions)
+    producer = KafkaProducer(acks="all", **secure.client_options(ADMIN_USER))
+    try:
+        producer.send(emotions, value=b"{}").get(timeout=CLIENT_TIMEOUT_S)
+    finally:
+        producer.close(timeout=5)
