@@ -66,8 +66,13 @@ class _LoginFailureWatch(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
         for arg in args:
-            if isinstance(arg, _LOGIN_REFUSED):
-                self.failure, self.at = arg, time.monotonic()
+            if not isinstance(arg, BaseException):
+                continue
+            # A failed TLS handshake comes wrapped: KafkaConnectionError raised while
+            # handling the ssl error, which stays reachable as its context.
+            for error in (arg, arg.__cause__, arg.__context__):
+                if isinstance(error, _LOGIN_REFUSED):
+                    self.failure, self.at = arg, time.monotonic()
         return True
 
     def recent(self, within_s: float) -> BaseException | None:

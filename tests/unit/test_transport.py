@@ -45,3 +45,24 @@ def test_a_bootstrap_timeout_after_a_refused_login_is_fatal_and_names_the_settin
         assert "EMOTION_STREAM_SASL_PASSWORD" in str(error)
     finally:
         transport._login_failures.failure = None  # later tests must see a plain timeout
+
+
+def test_a_refused_broker_certificate_counts_as_a_refused_login() -> None:
+    import logging  # noqa: PLC0415 - local to this test
+    import ssl  # noqa: PLC0415
+
+    from worker import transport  # noqa: PLC0415
+
+    try:
+        # As kafka-python raises it: inside the handler of the ssl error.
+        tls = ssl.SSLCertVerificationError("certificate verify failed")
+        wrapped = kafka.errors.KafkaConnectionError(f"Handshake failed: {tls}")
+        wrapped.__context__ = tls
+        logging.getLogger("kafka.net.manager").error("Connection failed: %s", wrapped)
+        timeout = kafka.errors.KafkaTimeoutError("Unable to bootstrap")
+        error = translate_kafka_error(timeout, "producer start")
+        assert isinstance(error, FatalError)
+        assert "certificate verify failed" in str(error)
+        assert "EMOTION_STREAM_SSL_CAFILE" in str(error)
+    finally:
+        transport._login_failures.failure = None
