@@ -45,6 +45,7 @@ from kafka.admin import (
 from kafka.admin._users import UserScramCredentialUpsertion
 from kafka.errors import KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
 
+from compose.certificates import ServerCertificate
 from compose.processes import (
     EmbeddedStackError,
     ManagedProcess,
@@ -902,6 +903,9 @@ class TritonServer:
         onnxruntime threads per model instance when the config does not say (0: all cores).
     die_with_parent:
         Stop the server when the process that started it dies (test fixtures).
+    grpc_tls:
+        Serve gRPC over TLS with this certificate and key (``--grpc-use-ssl``); clients
+        verify it against its CA. HTTP (readiness probes, loopback only) stays plain.
     """
 
     component = "triton"
@@ -915,7 +919,9 @@ class TritonServer:
         model_name: str = DEFAULT_MODEL_NAME,
         intra_op_threads: int = 0,
         die_with_parent: bool = False,
+        grpc_tls: ServerCertificate | None = None,
     ) -> None:
+        self.grpc_tls = grpc_tls
         self.home = state_dir.resolve() / "triton"
         self.model_repository = model_repository
         self.ports = ports or TritonPorts()
@@ -1035,6 +1041,17 @@ class TritonServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             f"--exit-timeout-secs={TRITON_EXIT_TIMEOUT_S}",
+            *self._grpc_tls_arguments(),
+        ]
+
+    def _grpc_tls_arguments(self) -> list[str]:
+        if self.grpc_tls is None:
+            return []
+        return [
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={self.grpc_tls.cert}",
+            f"--grpc-server-key={self.grpc_tls.key}",
+            f"--grpc-root-cert={self.grpc_tls.ca_cert}",
         ]
 
     def start(self, timeout_s: float = TRITON_START_TIMEOUT_S) -> bool:

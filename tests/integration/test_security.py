@@ -1,4 +1,4 @@
-"""Kafka over SASL_SSL (SCRAM-SHA-512) and ACLs, with the real worker as a subprocess.
+"""Kafka over SASL_SSL (SCRAM-SHA-512), ACLs, and Triton gRPC over TLS, with the real worker.
 
 The broker is the embedded Kafka with a SASL_SSL listener and certificates generated for
 the test (tests/support/secure_fixtures.py); Triton is the session's server. The harness
@@ -17,15 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tritonclient.grpc as grpcclient
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import AuthorizationError
+from tritonclient.utils import InferenceServerException
 
+from compose.certificates import make_ca
 from tests.support.pipeline import Pipeline, wait_until
 from tests.support.secure_fixtures import (
     ADMIN_USER,
     WORKER_USER,
     SecureKafka,
     SecureKafkaFactory,
+    TlsTriton,
 )
 from worker.cli import EXIT_BAD_SETTINGS, EXIT_FATAL, EXIT_OK
 
@@ -135,6 +139,25 @@ def test_wrong_password_stops_the_worker_with_a_clear_message_never_ready(
     print("\n" + "\n".join(line for line in log.splitlines() if "refused the login" in line))
 
 
+def test_broker_certificate_from_another_ca_stops_the_worker_clearly(
+    secure_kafka_broker: SecureKafkaFactory,
+    secure_pipeline: Callable[[SecureKafka], Pipeline],
+    tmp_path: Path,
+) -> None:
+    secure = secure_kafka_broker()
+    pipeline = secure_pipeline(secure)
+    other_ca, _ = make_ca(tmp_path / "other-ca", "other-ca")
+    env = {**secure.worker_env(WORKER_USER), "EMOTION_STREAM_SSL_CAFILE": str(other_ca)}
+    worker = pipeline.start_worker(**env)
+
+    code = worker.wait(FAIL_FAST_TIMEOUT_S)
+
+    log = worker.log()
+    assert code == EXIT_FATAL, worker.log_tail()
+    assert "refused the login" in log and "certificate verify failed" in log, log[-3000:]
+    _assert_no_secret(log, [secure.password(WORKER_USER)], "the failed worker's log")
+
+
 def test_settings_errors_never_echo_the_password(tmp_path: Path) -> None:
     """Bad settings beside a password: the error names settings, never shows the secret."""
     password = "s3cret-" + secrets.token_urlsafe(12)
@@ -222,3 +245,66 @@ def test_acls_let_a_user_read_the_input_but_not_write_the_outputs(
         producer.send(emotions, value=b"{}").get(timeout=CLIENT_TIMEOUT_S)
     finally:
         producer.close(timeout=5)
+
+
+# ----------------------------------------------------------------- Triton gRPC over TLS
+
+
+@pytest.fixture
+def plain_pipeline(
+    kafka_broker: Any,
+    tls_triton_server: TlsTriton,
+    tiny_model_repository: Path,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> Iterator[Pipeline]:
+    pipeline = Pipeline(
+        bootstrap_servers=kafka_broker.bootstrap_servers,
+        triton_url=tls_triton_server.grpc_url,
+        model_repository=tiny_model_repository,
+        name=unique_name("tls"),
+        workdir=tmp_path,
+    )
+    try:
+        yield pipeline
+    finally:
+        pipeline.close()
+
+
+def test_worker_classifies_over_triton_grpc_tls(
+    tls_triton_server: TlsTriton, plain_pipeline: Pipeline
+) -> None:
+    ids = plain_pipeline.seed(SEEDED)
+    worker = plain_pipeline.start_worker(**tls_triton_server.worker_env())
+    counts = plain_pipeline.wait_for_results(ids, RESULTS_TIMEOUT_S)
+    assert set(counts) == set(ids)
+    assert plain_pipeline.dead_letter_count() == 0, plain_pipeline.describe()
+    assert '"triton_ssl": true' in worker.log()
+    _assert_no_secret(worker.log(), [], "the worker's log")
+    # TLS is not optional on that port: a plain gRPC client gets no answer.
+    plain = grpcclient.InferenceServerClient(tls_triton_server.grpc_url)
+    try:
+        with pytest.raises(InferenceServerException):
+            plain.is_server_live(client_timeout=10)
+    finally:
+        plain.close()
+
+
+def test_triton_certificate_from_another_ca_is_refused_clearly(
+    tls_triton_server: TlsTriton, plain_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    other_ca, _ = make_ca(tmp_path / "other-ca", "other-ca")
+    ids = plain_pipeline.seed(5)
+    worker = plain_pipeline.start_worker(**tls_triton_server.worker_env(other_ca))
+
+    # The worker waits for Triton (gRPC reports a failed handshake as UNAVAILABLE, the
+    # same as a server that is down), names the certificate failure and is never ready.
+    wait_until(
+        lambda: "CERTIFICATE_VERIFY_FAILED" in worker.log() or not worker.alive(),
+        FAIL_FAST_TIMEOUT_S,
+        worker.log_tail,
+    )
+    assert worker.alive(), worker.log_tail()
+    assert "CERTIFICATE_VERIFY_FAILED" in worker.log(), worker.log_tail()
+    assert worker.http_status("/readyz") == 503
+    assert not set(plain_pipeline.result_ids()) & set(ids)

@@ -16,12 +16,16 @@ random passwords: ``admin`` (a super user) and ``worker``. It returns a
   resource_type, name)``, ``.deny(...)`` and ``.allow_worker(user, input_topic=...,
   group=..., output_topics=[...])``, the rights a worker needs — leave a topic out of
   ``output_topics`` (or ``deny`` it) to take away the right to write it.
+
+``tls_triton_server`` (module-scoped) is pytriton's ``tritonserver`` serving the tiny
+model with gRPC over TLS (a certificate of its own CA): ``.grpc_url`` and
+``.worker_env(root_certificates=None)`` for a worker that verifies it.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +33,17 @@ from typing import Any
 import pytest
 
 from compose.certificates import ServerCertificate, make_server_certificate
-from compose.embedded import SCRAM_MECHANISM, SECURE_LISTENER, KafkaBroker, KafkaSecurity
+from compose.embedded import (
+    SCRAM_MECHANISM,
+    SECURE_LISTENER,
+    KafkaBroker,
+    KafkaSecurity,
+    TritonPorts,
+    TritonServer,
+)
+from tests.conftest import skip_or_fail
 from tests.support.broker_fixtures import KafkaBrokerFactory
-from tests.support.service_fixtures import free_port
+from tests.support.service_fixtures import free_port, free_ports
 
 ADMIN_USER = "admin"
 WORKER_USER = "worker"
@@ -130,3 +142,50 @@ def secure_kafka_broker(
         return SecureKafka(broker=broker, security=security, tls=tls)
 
     return start
+
+
+@dataclass
+class TlsTriton:
+    """A started Triton whose gRPC endpoint speaks TLS only."""
+
+    server: TritonServer
+    tls: ServerCertificate
+
+    @property
+    def grpc_url(self) -> str:
+        return self.server.grpc_url
+
+    def worker_env(self, root_certificates: Path | None = None) -> dict[str, str]:
+        """``EMOTION_STREAM_*`` for a worker verifying Triton against ``root_certificates``
+        (default: the CA that signed the server's certificate)."""
+        return {
+            "EMOTION_STREAM_TRITON_URL": self.grpc_url,
+            "EMOTION_STREAM_TRITON_SSL": "true",
+            "EMOTION_STREAM_TRITON_ROOT_CERTIFICATES": str(root_certificates or self.tls.ca_cert),
+        }
+
+
+@pytest.fixture(scope="module")
+def tls_triton_server(
+    tiny_model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TlsTriton]:
+    """Triton serving the tiny model with gRPC over TLS (``--grpc-use-ssl``)."""
+    tls = make_server_certificate(Path(tmp_path_factory.mktemp("triton-tls")))
+    grpc, http, metrics = free_ports(3)
+    server = TritonServer(
+        tmp_path_factory.mktemp("triton-tls-state"),
+        tiny_model_repository,
+        TritonPorts(grpc=grpc, http=http, metrics=metrics),
+        die_with_parent=True,
+        grpc_tls=tls,
+    )
+    try:
+        server.start()
+    except Exception as error:
+        server.stop()
+        skip_or_fail(f"Triton with gRPC over TLS did not start: {error}")
+    yield TlsTriton(server=server, tls=tls)
+    try:
+        server.stop()
+    except Exception as error:
+        print(f"warning: stopping the TLS Triton failed: {error}")
