@@ -106,6 +106,10 @@ def test_worker_classifies_every_tweet_over_sasl_ssl(
     worker.terminate()
     assert worker.wait(EXIT_TIMEOUT_S) == EXIT_OK, worker.log_tail()
     _assert_no_secret(worker.log(), [secure.password(WORKER_USER)], "the worker's log")
+    # Nor did the users' creation put a password into the broker's log.
+    broker_log = secure.broker.log_file.read_text(encoding="utf-8", errors="replace")
+    passwords = [secure.password(WORKER_USER), secure.password(ADMIN_USER)]
+    _assert_no_secret(broker_log, passwords, "the broker's log")
 
 
 def test_wrong_password_stops_the_worker_with_a_clear_message_never_ready(
