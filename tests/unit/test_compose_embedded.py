@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compose.embedded import KafkaBroker, KafkaCluster, KafkaPorts, Replication
+from compose.embedded import KafkaBroker, KafkaCluster, KafkaPorts, KafkaSecurity, Replication
 
 
 def test_a_single_node_keeps_one_replica_of_everything_so_transactions_work(
@@ -51,3 +51,37 @@ def test_impossible_replica_counts_are_refused(tmp_path: Path) -> None:
         Replication(factor=1, min_insync=2)
     with pytest.raises(ValueError, match="exceeds"):
         KafkaCluster(tmp_path, [KafkaPorts(1, 2)], replication=Replication(3, 2))
+
+
+def test_a_secure_broker_adds_a_sasl_ssl_listener_and_keeps_passwords_out_of_its_config(
+    tmp_path: Path,
+) -> None:
+    security = KafkaSecurity(
+        port=19094,
+        keystore=tmp_path / "keystore.pem",
+        truststore=tmp_path / "ca.pem",
+        users={"worker": "pw-worker-123"},
+        authorizer=True,
+        super_users=("admin",),
+    )
+    broker = KafkaBroker(tmp_path, KafkaPorts(19092, 19093), security=security)
+    properties = broker.server_properties()
+    assert properties["listeners"].endswith(",SASL_SSL://127.0.0.1:19094")
+    assert "SASL_SSL://127.0.0.1:19094" in properties["advertised.listeners"]
+    assert "SASL_SSL:SASL_SSL" in properties["listener.security.protocol.map"]
+    assert properties["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert properties["listener.name.sasl_ssl.ssl.keystore.type"] == "PEM"
+    assert properties["super.users"] == "User:ANONYMOUS;User:admin"
+    assert properties["allow.everyone.if.no.acl.found"] == "false"
+    # Users are created through the admin API, never written to a file or a command line.
+    assert "pw-worker-123" not in "".join(f"{k}={v}" for k, v in properties.items())
+    assert "pw-worker-123" not in repr(security)
+    assert security.client_options("worker")["sasl_plain_password"] == "pw-worker-123"
+
+
+def test_acl_helper_refuses_unknown_names(tmp_path: Path) -> None:
+    broker = KafkaBroker(tmp_path, KafkaPorts(19092, 19093))
+    with pytest.raises(ValueError, match="resource_type"):
+        broker.set_acls("worker", ["read"], "topics", "tweets")
+    with pytest.raises(ValueError, match="operation"):
+        broker.set_acls("worker", ["reed"], "topic", "tweets")

@@ -1,0 +1,53 @@
+"""Test certificates: a CA and a loopback server certificate that TLS clients accept."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+
+from compose.certificates import make_ca, make_server_certificate
+
+
+def _handshake(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
+    """One TLS handshake over loopback; raises what the client's verification raises."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            connection, _ = listener.accept()
+            try:
+                with server_context.wrap_socket(connection, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass  # the client refused us: its side carries the assertion
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                client_context.wrap_socket(raw, server_hostname="127.0.0.1"),
+            ):
+                pass
+        finally:
+            thread.join(timeout=10)
+
+
+def test_server_certificate_verifies_for_loopback_against_its_ca(tmp_path: Path) -> None:
+    made = make_server_certificate(tmp_path)
+    assert "PRIVATE KEY" in made.keystore.read_text() and "CERTIFICATE" in made.keystore.read_text()
+    assert made.key.stat().st_mode & 0o077 == 0  # keys readable by their owner only
+
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(made.cert, made.key)
+    client = ssl.create_default_context(cafile=str(made.ca_cert))
+    _handshake(server, client)  # hostname 127.0.0.1 checked against the certificate
+
+    other_ca, _ = make_ca(tmp_path / "other")
+    stranger = ssl.create_default_context(cafile=str(other_ca))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(server, stranger)
