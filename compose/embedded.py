@@ -818,6 +818,12 @@ class KafkaCluster:
         for node in reversed(self.nodes):
             node.stop()
 
+    def kill(self) -> None:
+        """SIGKILL every node at once (a test's teardown: a graceful stop of the last nodes
+        waits for a controller quorum that is already gone)."""
+        for node in self.nodes:
+            node.kill()
+
     def is_ready(self) -> bool:
         """Whether every node answers with itself unfenced."""
         return all(node.is_ready() for node in self.nodes)

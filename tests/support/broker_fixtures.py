@@ -76,7 +76,10 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
 
     yield start
     for cluster in started:
-        _stop_quietly(cluster)
+        try:
+            cluster.kill()  # nothing to keep, and no quorum to wait for
+        except Exception as error:
+            print(f"warning: killing the Kafka cluster failed: {error}")
 
 
 @pytest.fixture
