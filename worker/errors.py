@@ -47,6 +47,18 @@ class BrokerUnavailable(TransientError):  # noqa: N818 — domain name, the type
         super().__init__(f"Kafka {operation} failed, will retry: {detail}")
 
 
+class TransactionAborted(TransientError):  # noqa: N818 — domain name, the type is the policy
+    """Exactly-once: the open transaction cannot commit (a send failed, the group moved on).
+
+    Abort it and re-read every partition from its last committed offset.
+    """
+
+    def __init__(self, operation: str, detail: str) -> None:
+        self.operation = operation
+        self.detail = detail
+        super().__init__(f"Kafka transaction {operation} failed, aborting: {detail}")
+
+
 # --- dead-letter ------------------------------------------------------------------
 
 
@@ -140,3 +152,16 @@ class PublishFailed(FatalError):  # noqa: N818 — domain name, the type is the 
     def __init__(self, topic: str, detail: str) -> None:
         self.topic = topic
         super().__init__(f"cannot publish to {topic!r}: {detail}")
+
+
+class ProducerFenced(FatalError):  # noqa: N818 — domain name, the type is the policy
+    """Exactly-once: a newer producer with our transactional id took over (a restarted or
+    duplicated replica). This instance must stop: its open transaction is already aborted."""
+
+    def __init__(self, transactional_id: str, detail: str) -> None:
+        self.transactional_id = transactional_id
+        super().__init__(
+            f"fenced: another worker with transactional id {transactional_id!r} took over, "
+            f"so this one stops (its uncommitted work is aborted; the newer one redoes it): "
+            f"{detail}"
+        )

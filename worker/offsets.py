@@ -12,6 +12,12 @@ and commits, so every method takes one lock. Each partition's state carries an
 *epoch*: forgetting a partition (revocation, rewind after a failed publish) starts a
 new epoch, and late acknowledgements from the old one are ignored, so they can never
 move a watermark the worker no longer owns.
+
+For exactly-once the tracker also knows which records were *sent* (handed to the
+producer, not yet acknowledged): a transaction may only commit at a clean cut, where
+everything sent lies below the committed offsets (:meth:`CommitTracker.ragged`), and
+a dead letter is held until every earlier record of its partition was sent
+(:meth:`CommitTracker.sent_before`), so that it never runs ahead of the cut.
 """
 
 from __future__ import annotations
@@ -34,23 +40,37 @@ class Ticket:
     epoch: int
 
 
+@dataclass(slots=True)
+class _Entry:
+    offset: int
+    sent: bool = False
+    done: bool = False
+
+
 @dataclass
 class _PartitionState:
     epoch: int
-    # [offset, done] in consumption order; the head is the oldest not yet popped.
-    pending: deque[list[int | bool]] = field(default_factory=deque)
-    by_offset: dict[int, list[int | bool]] = field(default_factory=dict)
+    # Entries in consumption order; the head is the oldest not yet popped.
+    pending: deque[_Entry] = field(default_factory=deque)
+    by_offset: dict[int, _Entry] = field(default_factory=dict)
     # One past the last offset popped from ``pending``: the watermark when none is pending.
     done_below: int | None = None
     last_consumed: int | None = None
     committed: int | None = None
+    # The first offset consumed since the partition was (re)gained: where its reading
+    # started, i.e. the group's committed offset then.
+    start: int | None = None
+
+    def restart_point(self) -> int | None:
+        """Where to read again when everything not committed is thrown away."""
+        return self.committed if self.committed is not None else self.start
 
     def watermark(self) -> int | None:
         """None until something was done: committing the first pending offset says nothing."""
         if self.done_below is None:
             return None
         if self.pending:
-            return int(self.pending[0][0])
+            return self.pending[0].offset
         return self.done_below
 
 
@@ -73,13 +93,49 @@ class CommitTracker:
                 # The consumer went back (a seek, an offset reset): what was pending will be
                 # read again, so start over from here; the old epoch's acks no longer count.
                 state = self._partitions[partition] = _PartitionState(
-                    epoch=next(self._epochs), committed=state.committed
+                    epoch=next(self._epochs), committed=state.committed, start=state.start
                 )
-            entry: list[int | bool] = [offset, False]
+            entry = _Entry(offset)
             state.pending.append(entry)
             state.by_offset[offset] = entry
             state.last_consumed = offset
+            if state.start is None:
+                state.start = offset
             return Ticket(partition, offset, state.epoch)
+
+    def sent(self, ticket: Ticket) -> None:
+        """Note that the ticket's result or dead letter was handed to the producer."""
+        with self._lock:
+            state = self._partitions.get(ticket.partition)
+            if state is not None and state.epoch == ticket.epoch:
+                entry = state.by_offset.get(ticket.offset)
+                if entry is not None:
+                    entry.sent = True
+
+    def sent_before(self, ticket: Ticket) -> bool:
+        """True when every record of the ticket's partition before it was sent (or is done):
+        sending this one now keeps the partition's sends a contiguous run. False if stale."""
+        with self._lock:
+            state = self._partitions.get(ticket.partition)
+            if state is None or state.epoch != ticket.epoch:
+                return False
+            for entry in state.pending:
+                if entry.offset == ticket.offset:
+                    return True
+                if not (entry.sent or entry.done):
+                    return False
+            return False
+
+    def ragged(self) -> set[Partition]:
+        """Partitions with a record sent or done *after* one that is not done: committing
+        their watermark would leave sent work above the commit (exactly-once forbids it)."""
+        with self._lock:
+            # The head of ``pending`` is never done (done heads are popped at once).
+            return {
+                partition
+                for partition, state in self._partitions.items()
+                if any(e.sent or e.done for e in itertools.islice(state.pending, 1, None))
+            }
 
     def done(self, ticket: Ticket) -> bool:
         """Mark the ticket's record published or dead-lettered. False if it is stale."""
@@ -90,9 +146,9 @@ class CommitTracker:
             entry = state.by_offset.pop(ticket.offset, None)
             if entry is None:
                 return False
-            entry[1] = True
-            while state.pending and state.pending[0][1]:
-                state.done_below = int(state.pending.popleft()[0]) + 1
+            entry.done = True
+            while state.pending and state.pending[0].done:
+                state.done_below = state.pending.popleft().offset + 1
             return True
 
     def is_current(self, ticket: Ticket) -> bool:
@@ -124,10 +180,38 @@ class CommitTracker:
         reading must start again if the partition's in-memory work is dropped."""
         with self._lock:
             return {
-                partition: int(state.pending[0][0])
+                partition: state.pending[0].offset
                 for partition, state in self._partitions.items()
                 if partition in partitions and state.pending
             }
+
+    def restart_points(self, partitions: set[Partition]) -> dict[Partition, int]:
+        """Exactly-once: the last committed offset (else where reading started) of each of
+        ``partitions`` that was read: where to resume when uncommitted work is aborted."""
+        with self._lock:
+            points = {}
+            for partition, state in self._partitions.items():
+                point = state.restart_point()
+                if partition in partitions and point is not None:
+                    points[partition] = point
+            return points
+
+    def rewind_to_committed(self, partition: Partition) -> int | None:
+        """Exactly-once, after an abort: forget everything past the last commit (a new epoch)
+        and return the offset to read from again (None if the partition was never read)."""
+        with self._lock:
+            state = self._partitions.pop(partition, None)
+            if state is None:
+                return None
+            point = state.restart_point()
+            if point is not None:
+                fresh = _PartitionState(
+                    epoch=next(self._epochs), committed=state.committed, start=state.start
+                )
+                fresh.done_below = point
+                fresh.last_consumed = point - 1
+                self._partitions[partition] = fresh
+            return point
 
     def forget(self, partitions: list[Partition] | set[Partition]) -> None:
         """Drop partitions (revoked or lost); their late acknowledgements are ignored."""
@@ -147,7 +231,9 @@ class CommitTracker:
                 return None
             mark = state.watermark()
             if mark is not None:
-                fresh = _PartitionState(epoch=next(self._epochs), committed=state.committed)
+                fresh = _PartitionState(
+                    epoch=next(self._epochs), committed=state.committed, start=state.start
+                )
                 fresh.done_below = mark
                 fresh.last_consumed = mark - 1
                 self._partitions[partition] = fresh

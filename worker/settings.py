@@ -31,6 +31,11 @@ DEFAULT_MAX_TEXT_BYTES = 100_000
 
 METRICS_DISABLED = -1
 
+# Kafka's defaults: the producer's transaction.timeout.ms, and the broker's
+# transaction.max.timeout.ms (a producer asking for more is refused).
+MIN_TRANSACTION_TIMEOUT_MS = 60_000
+BROKER_MAX_TRANSACTION_TIMEOUT_MS = 900_000
+
 
 def env_name(field: str) -> str:
     """The environment variable that sets ``field``."""
@@ -152,8 +157,15 @@ class WorkerSettings(BaseSettings):
     """Texts longer than this many UTF-8 bytes are dead-lettered (``TextTooLarge``)."""
 
     # --- delivery and retries ----------------------------------------------------
-    delivery: Literal["at_least_once"] = "at_least_once"
-    """Delivery guarantee. Only ``at_least_once`` for now (exactly-once is planned)."""
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """Delivery guarantee. ``at_least_once``: offsets committed after results are
+    acknowledged (a crash may repeat results). ``exactly_once``: results, dead letters and
+    offsets committed in one Kafka transaction per commit (readers of the output and
+    dead-letter topics must use ``isolation_level=read_committed``)."""
+
+    transactional_id: str = ""
+    """Kafka transactional id of this worker's producer (``exactly_once`` only): unique per
+    replica, the same across its restarts. Empty means ``<consumer_group>-<hostname>``."""
 
     retry_backoff_initial_s: float = Field(default=0.2, gt=0, le=60)
     """First wait after a transient failure; doubles on each further failure."""
@@ -177,6 +189,11 @@ class WorkerSettings(BaseSettings):
 
     metrics_host: str = "0.0.0.0"
     """Address the metrics/health server binds to (``127.0.0.1`` to keep it local)."""
+
+    @field_validator("transactional_id")
+    @classmethod
+    def _stripped(cls, value: str) -> str:
+        return value.strip()
 
     @field_validator("model_version")
     @classmethod
@@ -228,6 +245,30 @@ class WorkerSettings(BaseSettings):
         """Where the tokenizer and labels of the served model live."""
         version = int(self.model_version) if self.model_version else 1
         return ModelLayout(self.model_repository, self.model_name, version)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.delivery == "exactly_once"
+
+    @property
+    def effective_transactional_id(self) -> str:
+        """The transactional id the producer uses: the setting, or one derived from the group
+        and the host name (stable across restarts of one host or container, distinct between
+        Compose replicas, whose host names are their container ids)."""
+        return self.transactional_id or f"{self.consumer_group}-{socket.gethostname()}"
+
+    @property
+    def transaction_timeout_ms(self) -> int:
+        """Exactly-once: how long the broker lets a transaction stay open before aborting it.
+
+        A transaction spans one commit interval plus the loop iteration that ends it (at
+        most a Triton deadline or two), so it must outlast that; shorter is better, since
+        a crashed replica's open transaction holds back read_committed readers of its
+        output partitions until then (unless the replica restarts with the same id).
+        Capped at the broker's default ``transaction.max.timeout.ms`` (15 min).
+        """
+        needed = 3 * self.commit_interval_ms + 2 * int(self.triton_timeout_s * 1000)
+        return min(BROKER_MAX_TRANSACTION_TIMEOUT_MS, max(MIN_TRANSACTION_TIMEOUT_MS, needed))
 
     @property
     def metrics_enabled(self) -> bool:

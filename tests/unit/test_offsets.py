@@ -123,3 +123,54 @@ def test_pending_and_next_offsets() -> None:
     tracker.done(done)
     assert tracker.pending_count() == 1
     assert tracker.next_offsets() == {P0: 5, P1: 10}
+
+
+def test_sent_before_allows_a_contiguous_run_of_sends_only() -> None:
+    tracker = CommitTracker()
+    tickets = [tracker.track(P0, offset) for offset in range(4)]
+    assert tracker.sent_before(tickets[0])  # nothing before it
+    assert not tracker.sent_before(tickets[2])  # 0 and 1 not sent yet
+    tracker.sent(tickets[0])
+    tracker.done(tickets[0])
+    tracker.sent(tickets[1])  # sent, not yet acknowledged
+    assert tracker.sent_before(tickets[2])
+    tracker.rewind(P0)
+    assert not tracker.sent_before(tickets[3])  # stale epoch
+
+
+def test_ragged_names_partitions_with_sends_past_a_record_not_done() -> None:
+    tracker = CommitTracker()
+    p0 = [tracker.track(P0, offset) for offset in range(3)]
+    p1 = [tracker.track(P1, offset) for offset in range(3)]
+    for ticket in (p0[0], p0[1], p1[0]):
+        tracker.sent(ticket)
+        tracker.done(ticket)
+    assert tracker.ragged() == set()  # p0: 0-1 done, 2 unsent; p1: 0 done, rest unsent
+    tracker.sent(p1[2])  # runs ahead of p1's offset 1
+    assert tracker.ragged() == {P1}
+    tracker.sent(p1[1])
+    assert tracker.ragged() == {P1}  # sent, not acknowledged: still not a clean cut
+    tracker.done(p1[1])
+    tracker.done(p1[2])
+    assert tracker.ragged() == set()
+    assert tracker.committable() == {P0: 2, P1: 3}
+
+
+def test_rewind_to_committed_goes_back_to_the_last_commit_or_the_start() -> None:
+    tracker = CommitTracker()
+    first = [tracker.track(P0, offset) for offset in range(10, 14)]
+    for ticket in first[:2]:
+        tracker.done(ticket)
+    tracker.track(P1, 7)
+    assert tracker.restart_points({P0, P1}) == {P0: 10, P1: 7}  # nothing committed: start
+    tracker.committed(tracker.committable())  # P0 at 12
+    tracker.done(first[2])  # done but not committed: aborted with its transaction
+    assert tracker.restart_points({P0}) == {P0: 12}
+    assert tracker.rewind_to_committed(P0) == 12
+    assert not tracker.done(first[3])  # old epoch
+    assert tracker.committable() == {}  # nothing new past the commit
+    again = [tracker.track(P0, offset) for offset in range(12, 14)]
+    for ticket in again:
+        tracker.done(ticket)
+    assert tracker.committable() == {P0: 14}
+    assert tracker.rewind_to_committed(("tweets", 9)) is None

@@ -72,7 +72,7 @@ def test_env_var_with_bad_value_is_named(monkeypatch: pytest.MonkeyPatch) -> Non
     [
         ({"max_sequence_length": 129}, "EMOTION_STREAM_MAX_SEQUENCE_LENGTH"),
         ({"padding": "ragged"}, "EMOTION_STREAM_PADDING"),
-        ({"delivery": "exactly_once"}, "EMOTION_STREAM_DELIVERY"),
+        ({"delivery": "exactly-once"}, "EMOTION_STREAM_DELIVERY"),
         ({"max_batch_size": 0}, "EMOTION_STREAM_MAX_BATCH_SIZE"),
         ({"max_in_flight_batches": 0}, "EMOTION_STREAM_MAX_IN_FLIGHT_BATCHES"),
         ({"metrics_port": 70000}, "EMOTION_STREAM_METRICS_PORT"),
@@ -111,3 +111,21 @@ def test_metrics_port_minus_one_disables() -> None:
 
 def test_env_name() -> None:
     assert env_name("dlq_topic") == "EMOTION_STREAM_DLQ_TOPIC"
+
+
+def test_exactly_once_and_its_transactional_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: "replica-a")
+    s = WorkerSettings(delivery="exactly_once", consumer_group="workers")
+    assert s.exactly_once
+    assert s.effective_transactional_id == "workers-replica-a"  # stable across restarts
+    named = WorkerSettings(delivery="exactly_once", transactional_id="  worker-2  ")
+    assert named.effective_transactional_id == "worker-2"
+    assert not WorkerSettings().exactly_once
+    assert "EMOTION_STREAM_DELIVERY" in error_text(delivery="exactly-once")
+
+
+def test_transaction_timeout_outlasts_a_commit_interval_and_stays_within_the_broker_cap() -> None:
+    assert WorkerSettings().transaction_timeout_ms == 60_000
+    slow = WorkerSettings(commit_interval_ms=60_000, triton_timeout_s=60)
+    assert slow.transaction_timeout_ms == 3 * 60_000 + 2 * 60_000
+    assert WorkerSettings(triton_timeout_s=600).transaction_timeout_ms == 900_000
