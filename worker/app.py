@@ -21,6 +21,17 @@ counts as done; a :class:`TransientError` keeps the batch in memory, pauses the
 partitions (polling goes on, so the group keeps us) and retries after a capped
 exponential backoff with jitter, readiness false meanwhile; a :class:`FatalError`
 ends ``run()`` with nothing committed past what was delivered.
+
+Exactly-once (``delivery = exactly_once``): every send since the last commit belongs
+to one open Kafka transaction; a commit first reaches a *clean cut* (everything flushed
+and acknowledged, every record sent lies below the offsets to commit — dead letters of
+undecodable records are held back until every earlier record of their partition was
+sent), then commits records and consumer offsets together. A failed send, a stale
+group generation or a broker error aborts the transaction and re-reads every partition
+from its last committed offset; losing a partition whose results are in the open
+transaction aborts it too, so the old owner never commits work a new owner redoes.
+Fencing by a newer producer with the same transactional id ends ``run()``
+(:class:`ProducerFenced`).
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -47,6 +58,8 @@ from worker.errors import (
     InferenceRejected,
     ModelMismatch,
     PoisonMessage,
+    ProducerFenced,
+    TransactionAborted,
     TransientError,
     WorkerError,
 )
@@ -71,7 +84,7 @@ from worker.observability import Health, HealthServer, ThroughputSummary, Worker
 from worker.offsets import CommitTracker, Partition, Ticket
 from worker.settings import WorkerSettings
 from worker.tokenizing import EncodedBatch, TweetTokenizer
-from worker.transport import KafkaPublisher, KafkaSource
+from worker.transport import KafkaPublisher, KafkaSource, TransactionalPublisher
 
 log = structlog.get_logger("worker")
 
@@ -87,6 +100,10 @@ BUSY_POLL_S = 0.005
 REBALANCE_POLL_S = 1.0
 # On shutdown, in-flight batches get one Triton deadline to finish before being abandoned.
 FLUSH_TIMEOUT_S = 30.0
+# Exactly-once: flush/release rounds to reach a clean cut before a commit. One round
+# suffices unless sends beget sends (a too-large result re-sent as a dead letter, then
+# slim); past this, the commit waits for the next interval.
+MAX_CUT_ROUNDS = 4
 
 
 # --- the parts a Worker is built from ----------------------------------------------
@@ -108,6 +125,7 @@ class Source(Protocol):
     def seek(self, partition: Partition, offset: int) -> None: ...
     def commit(self, offsets: dict[Partition, int]) -> bool: ...
     def lag(self, next_offsets: dict[Partition, int]) -> dict[Partition, int]: ...
+    def membership(self) -> Any: ...
 
 
 class Publisher(Protocol):
@@ -119,6 +137,16 @@ class Publisher(Protocol):
         self, record: OutboundRecord, on_done: Callable[[BaseException | None], None]
     ) -> None: ...
     def flush(self, timeout_s: float) -> bool: ...
+
+
+@runtime_checkable
+class Transactions(Protocol):
+    """What exactly-once needs of the publisher (``worker.transport.TransactionalPublisher``)."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+    def commit_transaction(self, offsets: dict[Partition, int], membership: Any) -> None: ...
+    def abort_transaction(self) -> None: ...
 
 
 class Classifier(Protocol):
@@ -153,6 +181,8 @@ def _kafka_source(settings: WorkerSettings, handler: RebalanceAware) -> Source:
 
 
 def _kafka_publisher(settings: WorkerSettings) -> Publisher:
+    if settings.exactly_once:
+        return TransactionalPublisher(settings)
     return KafkaPublisher(settings)
 
 
@@ -277,6 +307,17 @@ class Worker:
         self._summary_lock = threading.Lock()
 
         # Filled by other threads, drained by the loop thread.
+        # Exactly-once (loop thread only).
+        self._transactions: Transactions | None = None
+        self._held_poison: deque[tuple[SourceRecord, PoisonMessage, Ticket]] = deque()
+        """Dead letters waiting until every earlier record of their partition was sent."""
+        self._txn_partitions: set[Partition] = set()
+        """Input partitions with records sent in the open transaction."""
+        self._sends = 0
+        self._abort_backoff = Backoff(
+            settings.retry_backoff_initial_s, settings.retry_backoff_max_s
+        )
+
         self._publish_failures: queue.SimpleQueue[PublishFailure] = queue.SimpleQueue()
         self._revoked: queue.SimpleQueue[set[Partition]] = queue.SimpleQueue()
         self._resume_from: dict[Partition, int] = {}
@@ -308,6 +349,13 @@ class Worker:
             self._run()
         except _StoppedWhileStartingError:
             self._log.info("stopped before consuming")
+        except ProducerFenced as exc:
+            self._log.error(
+                "fenced: a newer worker with the same transactional id took over; exiting",
+                transactional_id=exc.transactional_id,
+                error=str(exc),
+            )
+            raise
 
     def _run(self) -> None:
         s = self.settings
@@ -333,10 +381,20 @@ class Worker:
             )
             stack.callback(self._executor.shutdown, wait=False, cancel_futures=True)
             self._publisher = stack.enter_context(self._connect(self._make_publisher, s))
+            if s.exactly_once:
+                if not isinstance(self._publisher, Transactions):
+                    raise FatalError("delivery=exactly_once needs a transactional publisher")
+                self._transactions = self._publisher
             self._source = stack.enter_context(self._connect(self._make_source, s, self))
             self._set_ready(True)
             self._started.set()
-            self._log.info("consuming", topic=s.input_topic, group=s.consumer_group)
+            self._log.info(
+                "consuming",
+                topic=s.input_topic,
+                group=s.consumer_group,
+                delivery=s.delivery,
+                transactional_id=s.effective_transactional_id if s.exactly_once else None,
+            )
             try:
                 while not self._stop.is_set():
                     self._step()
@@ -436,10 +494,13 @@ class Worker:
         self._handle_publish_failures()
         self._flow_control()
         records = self._poll()
-        self._forget_revoked()
+        rewound = self._forget_revoked()
+        if rewound:  # read before the rewind: those partitions are read again
+            records = [r for r in records if (r.topic, r.partition) not in rewound]
         self._accept(records)
         self._dispatch()
         self._collect()
+        self._release_poison()
         self._commit()
         self._report()
 
@@ -492,9 +553,36 @@ class Worker:
             try:
                 tweet = decode(record, max_text_bytes=self.settings.max_text_bytes)
             except PoisonMessage as poison:
-                self._dead_letter(record, poison, ticket)
+                if self._transactions is not None:
+                    # Sent now, it could run ahead of earlier records still at Triton and
+                    # land in a transaction whose offsets stop below it: a duplicate
+                    # after a crash. It waits for its turn instead.
+                    self._held_poison.append((record, poison, ticket))
+                else:
+                    self._dead_letter(record, poison, ticket)
                 continue
             self._batcher.add(PendingTweet(tweet=tweet, ticket=ticket, consumed_at=now))
+        self._release_poison()
+
+    def _release_poison(self) -> None:
+        """Exactly-once: dead-letter held poison whose partition was sent up to it."""
+        if not self._held_poison:
+            return
+        waiting: deque[tuple[SourceRecord, PoisonMessage, Ticket]] = deque()
+        for record, poison, ticket in self._held_poison:  # consumption order
+            if not self.tracker.is_current(ticket):
+                continue  # its partition is read again
+            if self.tracker.sent_before(ticket):
+                self._dead_letter(record, poison, ticket)
+            else:
+                waiting.append((record, poison, ticket))
+        self._held_poison = waiting
+
+    def _note_sent(self, ticket: Ticket) -> None:
+        self._sends += 1
+        if self._transactions is not None:
+            self.tracker.sent(ticket)
+            self._txn_partitions.add(ticket.partition)
 
     def _dispatch(self) -> None:
         """Tokenize and send batches while there is room in flight."""
@@ -618,6 +706,7 @@ class Worker:
             with self._summary_lock:
                 self._summary.published += 1
 
+        self._note_sent(item.ticket)
         self._publisher.send(record, acknowledged)
 
     def _dead_letter(
@@ -646,6 +735,7 @@ class Worker:
             with self._summary_lock:
                 self._summary.dead_lettered += 1
 
+        self._note_sent(ticket)
         self._publisher.send(letter.to_record(self.settings.dlq_topic, slim=slim), acknowledged)
 
     def _handle_publish_failures(self) -> None:
@@ -670,6 +760,10 @@ class Worker:
                 continue
             if not isinstance(error, TransientError):
                 raise error if isinstance(error, FatalError) else FatalError(str(error))
+            if self._transactions is not None:
+                # The open transaction holds every partition's sends: all start over.
+                self._abort_and_rewind(error)
+                return
             if ticket.partition in rewound:
                 continue
             rewound.add(ticket.partition)
@@ -698,6 +792,10 @@ class Worker:
 
     def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]:
         complete = {p: o for p, o in self.tracker.committable().items() if p in partitions}
+        if self.settings.exactly_once:
+            # Offsets are committed only inside a transaction, with their results; the
+            # loop aborts the open one if it holds results of these partitions.
+            complete = {}
         self._remember_unfinished(partitions)
         self.tracker.forget(partitions)
         self._revoked.put(set(partitions))
@@ -714,18 +812,74 @@ class Worker:
 
     def _remember_unfinished(self, partitions: set[Partition]) -> None:
         """Where to re-read if these partitions come back to us (their work is dropped)."""
+        if self.settings.exactly_once:
+            # Uncommitted results may be aborted with the open transaction: from the commit.
+            points = self.tracker.restart_points(partitions)
+        else:
+            points = self.tracker.unfinished(partitions)
         with self._resume_lock:
-            self._resume_from.update(self.tracker.unfinished(partitions))
+            self._resume_from.update(points)
 
-    def _forget_revoked(self) -> None:
+    def _forget_revoked(self) -> set[Partition]:
+        """Drop the work of partitions we lost; the partitions an abort rewound, if any."""
         gone: set[Partition] = set()
         while True:
             try:
                 gone |= self._revoked.get_nowait()
             except queue.Empty:
                 break
-        if gone:
-            self._drop_waiting(gone)
+        if not gone:
+            return set()
+        self._drop_waiting(gone)
+        if (
+            self._transactions is not None
+            and self._transactions.in_transaction
+            and gone & self._txn_partitions
+        ):
+            lost = sorted(gone & self._txn_partitions)
+            return self._abort_and_rewind(
+                TransactionAborted("rebalance", f"partitions {lost} left us with results"),
+                back_off=False,
+            )
+        return set()
+
+    def _abort_and_rewind(self, error: TransientError, *, back_off: bool = True) -> set[Partition]:
+        """Exactly-once: abort the open transaction, re-read every partition from its last
+        commit, and drop what was in memory for them. The partitions rewound.
+
+        Raises
+        ------
+        ProducerFenced
+            The abort found a newer producer with our transactional id.
+        FatalError
+            The abort itself failed.
+        """
+        assert self._transactions is not None and self._source is not None
+        self.metrics.retries.labels(reason=type(error).__name__).inc()
+        self._transactions.abort_transaction()
+        self._txn_partitions.clear()
+        while True:  # failures of the aborted sends: moot now
+            try:
+                self._publish_failures.get_nowait()
+            except queue.Empty:
+                break
+        points: dict[Partition, int] = {}
+        for partition in self.tracker.partitions():
+            point = self.tracker.rewind_to_committed(partition)
+            if point is not None:
+                self._source.seek(partition, point)
+                points[partition] = point
+        self._drop_waiting(set(points))
+        delay = self._abort_backoff.next_delay() if back_off else 0.0
+        self._log.warning(
+            "transaction aborted, re-reading from the last commit",
+            error=str(error),
+            rereading=_loggable(points),
+            retry_in_s=round(delay, 2),
+        )
+        if delay:
+            self._stop.wait(delay)
+        return set(points)
 
     def _drop_waiting(self, partitions: set[Partition]) -> None:
         """Forget tweets of partitions we no longer read (in-flight ones are skipped later)."""
@@ -737,6 +891,9 @@ class Worker:
             if items:
                 kept.append(MicroBatch(items))
         self._retry = kept
+        held = len(self._held_poison)
+        self._held_poison = deque(h for h in self._held_poison if h[2].partition not in partitions)
+        dropped += held - len(self._held_poison)
         if not self._retry and self._retry_at is not None:
             # Nothing held any more: stop waiting, and let the next batch be the probe
             # (readiness stays false until an inference succeeds).
@@ -752,6 +909,9 @@ class Worker:
         if not force and now - self._last_commit < self.settings.commit_interval_ms / 1000:
             return
         self._last_commit = now
+        if self._transactions is not None:
+            self._commit_transaction(self._transactions)
+            return
         offsets = self.tracker.committable()
         if not offsets:
             return
@@ -768,6 +928,57 @@ class Worker:
         except TransientError as exc:
             self.metrics.retries.labels(reason=type(exc).__name__).inc()
             self._log.warning("commit failed, will retry", error=str(exc))
+
+    def _commit_transaction(self, transactions: Transactions) -> None:
+        """Exactly-once: commit the open transaction with the offsets below its clean cut."""
+        assert self._source is not None
+        if not transactions.in_transaction:
+            return
+        try:
+            offsets = self._transaction_cut(transactions)
+            if offsets is None:
+                return
+            failpoints.hit(failpoints.AFTER_SEND)  # flushed and acknowledged, not committed
+            transactions.commit_transaction(offsets, self._source.membership())
+        except TransientError as exc:
+            self._abort_and_rewind(exc)
+            return
+        self.tracker.committed(offsets)
+        self._txn_partitions.clear()
+        self._abort_backoff.reset()
+        self.metrics.commits.inc()
+
+    def _transaction_cut(self, transactions: Transactions) -> dict[Partition, int] | None:
+        """Flush until every send is acknowledged and no held dead letter can go out; the
+        offsets to commit, or None when the transaction was aborted meanwhile or is not at
+        a clean cut yet (tried again at the next commit).
+
+        Raises
+        ------
+        TransactionAborted
+            Records not acknowledged in time, or nothing to commit for what was sent.
+        """
+        assert self._publisher is not None
+        for _ in range(MAX_CUT_ROUNDS):
+            sends = self._sends
+            if not self._publisher.flush(FLUSH_TIMEOUT_S):
+                raise TransactionAborted("flush", f"not acknowledged within {FLUSH_TIMEOUT_S} s")
+            self._handle_publish_failures()
+            if not transactions.in_transaction:
+                return None  # a failed send aborted it
+            self._release_poison()
+            if self._sends == sends:
+                break
+        else:
+            return None
+        ragged = self.tracker.ragged()
+        if ragged:
+            self._log.info("commit postponed: sends past a gap", partitions=sorted(ragged))
+            return None
+        offsets = self.tracker.committable()
+        if not offsets:
+            raise TransactionAborted("commit", "records were sent but no offset moved")
+        return offsets
 
     def _report(self) -> None:
         if not self._summary.due():

@@ -8,6 +8,14 @@ thread-safe) and turns records into :class:`~worker.messages.SourceRecord`.
 translated once, here: retriable ones become :class:`BrokerUnavailable`, others
 :class:`FatalError`.
 
+Exactly-once: :class:`TransactionalPublisher` is one transactional producer per
+worker. Its transaction opens with the first send after a commit and ends with
+:meth:`~TransactionalPublisher.commit_transaction`, which adds the consumer offsets
+with the consumer's group metadata (KIP-447: the broker rejects offsets from a member
+whose generation is over) and commits records and offsets together. Fencing by a newer
+producer with the same transactional id becomes :class:`ProducerFenced`; anything that
+dooms only the open transaction becomes :class:`TransactionAborted`.
+
 Rebalances: kafka-python 3 runs rebalance listeners on its I/O thread while the
 caller is inside ``poll()``. The listener here is asynchronous so the revocation
 commit can be *awaited* on that loop (a blocking commit from the I/O thread would
@@ -19,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -29,7 +38,15 @@ from kafka import TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import MemberState, OffsetAndMetadata
 
-from worker.errors import BrokerUnavailable, FatalError, RecordTooLarge, WorkerError
+from worker import failpoints
+from worker.errors import (
+    BrokerUnavailable,
+    FatalError,
+    ProducerFenced,
+    RecordTooLarge,
+    TransactionAborted,
+    WorkerError,
+)
 from worker.messages import OutboundRecord, SourceRecord
 from worker.offsets import Partition
 from worker.settings import WorkerSettings
@@ -177,6 +194,10 @@ class KafkaSource:
 
     def __enter__(self) -> KafkaSource:
         s = self._settings
+        # Exactly-once: read_committed also makes the committed-offset fetch after a
+        # rebalance wait for a transaction that is still committing offsets (KIP-447's
+        # require_stable), so a new owner never starts from a stale offset.
+        isolation = "read_committed" if s.exactly_once else "read_uncommitted"
         try:
             self._consumer = kafka.KafkaConsumer(
                 bootstrap_servers=s.kafka_bootstrap_servers.split(","),
@@ -188,6 +209,7 @@ class KafkaSource:
                 # and pausing takes effect at once.
                 max_poll_records=max(s.max_batch_size, 1) * 2,
                 max_poll_interval_ms=s.max_poll_interval_ms,
+                isolation_level=isolation,
                 **s.kafka_security(),
             )
             self._consumer.subscribe([s.input_topic], listener=_Listener(self, self._handler))
@@ -241,6 +263,11 @@ class KafkaSource:
 
     def seek(self, partition: Partition, offset: int) -> None:
         self._consumer.seek(TopicPartition(*partition), offset)
+
+    def membership(self) -> Any:
+        """The consumer's group metadata now (generation, member id), for a transactional
+        offset commit; opaque outside this module."""
+        return self._consumer.group_metadata()
 
     def commit(self, offsets: dict[Partition, int]) -> bool:
         """Commit synchronously; False when the group moved on (rebalance) meanwhile.
@@ -344,3 +371,181 @@ class KafkaPublisher:
         except kafka.errors.KafkaTimeoutError:
             return False
         return True
+
+
+# On shutdown after a fatal error, an open transaction gets this long to abort; the
+# broker aborts it anyway after the transaction timeout, or when the replica restarts.
+ABORT_ON_EXIT_TIMEOUT_S = 10.0
+
+
+def _is_fenced(exc: BaseException | None) -> bool:
+    """Fencing, however kafka-python reports it: the error itself, or a generic KafkaError
+    ("...in an error state") carrying it as an argument or cause."""
+    fenced = (kafka.errors.ProducerFencedError, kafka.errors.InvalidProducerEpochError)
+    seen = 0
+    while exc is not None and seen < 5:  # bounded walk down args/causes
+        if isinstance(exc, fenced):
+            return True
+        if any(isinstance(arg, fenced) for arg in getattr(exc, "args", ())):
+            return True
+        exc = exc.__cause__
+        seen += 1
+    return False
+
+
+class TransactionalPublisher(KafkaPublisher):
+    """Exactly-once: one transactional producer; a transaction per commit of the worker.
+
+    ``send`` opens a transaction when none is open; :meth:`commit_transaction` adds the
+    consumer offsets and commits; :meth:`abort_transaction` throws the open one away.
+    Call these from the worker's loop thread only (acknowledgements still arrive on the
+    producer's thread).
+    """
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        super().__init__(settings)
+        self.transactional_id = settings.effective_transactional_id
+        self._open = False
+
+    def __enter__(self) -> TransactionalPublisher:
+        s = self._settings
+        try:
+            self._producer = kafka.KafkaProducer(
+                bootstrap_servers=s.kafka_bootstrap_servers.split(","),
+                client_id=f"{s.worker_id}-producer",
+                acks="all",
+                enable_idempotence=True,
+                transactional_id=self.transactional_id,
+                transaction_timeout_ms=s.transaction_timeout_ms,
+                linger_ms=PRODUCER_LINGER_MS,
+                max_block_ms=PRODUCER_MAX_BLOCK_MS,
+                **s.kafka_security(),
+            )
+            # Fences every older producer with this id and aborts what it left open.
+            self._producer.init_transactions()
+        except Exception as exc:
+            self._close_now()
+            raise self._translate(exc, "producer start") from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._producer is not None and self._open:
+            self._abort_bounded()
+        self._close_now()
+
+    def _close_now(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                self._producer.close(timeout=5)
+            self._producer = None
+
+    def _abort_bounded(self) -> None:
+        """Abort on exit, without hanging on a broker that is gone (kafka-python's abort
+        has no timeout): a daemon thread, waited for a bounded time."""
+        producer = self._producer
+
+        def abort() -> None:
+            with contextlib.suppress(Exception):
+                producer.abort_transaction()
+
+        thread = threading.Thread(target=abort, name="worker-abort", daemon=True)
+        thread.start()
+        thread.join(ABORT_ON_EXIT_TIMEOUT_S)
+        self._open = False
+
+    @property
+    def in_transaction(self) -> bool:
+        """True from the first send after a commit or abort until the next one."""
+        return self._open
+
+    def _transaction_state(self) -> Any:
+        # kafka-python 3.0's TransactionManager (pinned): the only place that says whether
+        # the producer is fenced or only its open transaction is doomed.
+        return getattr(self._producer, "_transaction_manager", None)
+
+    def _translate(self, exc: BaseException, operation: str) -> WorkerError:
+        if isinstance(exc, WorkerError):
+            return exc
+        state = self._transaction_state() if self._producer is not None else None
+        if _is_fenced(exc) or (state is not None and _is_fenced(state.last_error)):
+            return ProducerFenced(self.transactional_id, f"{operation}: {exc}")
+        if isinstance(exc, _TOO_LARGE):
+            return RecordTooLarge(operation, str(exc))
+        if isinstance(exc, kafka.errors.CommitFailedError) or (
+            state is not None and state.has_abortable_error()
+        ):
+            return TransactionAborted(operation, str(exc))
+        if isinstance(exc, kafka.errors.KafkaError) and (
+            exc.retriable or isinstance(exc, kafka.errors.KafkaTimeoutError)
+        ):
+            return TransactionAborted(operation, str(exc))
+        return translate_kafka_error(exc, operation)
+
+    def send(self, record: OutboundRecord, on_done: AckCallback) -> None:
+        """As :meth:`KafkaPublisher.send`, inside the open transaction (opened if needed)."""
+        if not self._open:
+            try:
+                self._producer.begin_transaction()
+            except Exception as exc:
+                on_done(self._translate(exc, "begin transaction"))
+                return
+            self._open = True
+        try:
+            future = self._producer.send(
+                record.topic,
+                value=record.value,
+                key=record.key,
+                headers=list(record.headers),
+            )
+        except Exception as exc:
+            on_done(self._translate(exc, record.topic))
+            return
+        future.add_callback(lambda _metadata: on_done(None))
+        future.add_errback(lambda exc: on_done(self._translate(exc, record.topic)))
+
+    def commit_transaction(self, offsets: dict[Partition, int], membership: Any) -> None:
+        """Add ``offsets`` (next offset to read, per input partition) for the consumer whose
+        group metadata is ``membership``, then commit records and offsets atomically.
+
+        Raises
+        ------
+        ProducerFenced
+            A newer producer with this transactional id exists: stop.
+        TransactionAborted
+            This transaction cannot commit (stale group generation, failed send, broker
+            trouble): abort it and re-read from the last commit.
+        FatalError
+            Anything else (e.g. not authorized for the group).
+        """
+        if not self._open:
+            return
+        try:
+            if offsets:
+                self._producer.send_offsets_to_transaction(_offsets(offsets), membership)
+            failpoints.hit(failpoints.DURING_COMMIT)
+            self._producer.commit_transaction()
+        except Exception as exc:
+            raise self._translate(exc, "commit") from exc
+        self._open = False
+
+    def abort_transaction(self) -> None:
+        """Throw the open transaction away (its records stay invisible to read_committed).
+
+        Raises
+        ------
+        ProducerFenced
+            A newer producer took over (which aborted it already).
+        FatalError
+            The producer is in a state no abort can mend.
+        """
+        if not self._open:
+            return
+        try:
+            self._producer.abort_transaction()
+        except Exception as exc:
+            error = self._translate(exc, "abort")
+            if isinstance(error, ProducerFenced):
+                raise error from exc
+            raise FatalError(f"cannot abort the Kafka transaction: {exc}") from exc
+        finally:
+            self._open = False

@@ -5,8 +5,16 @@ from __future__ import annotations
 import kafka.errors
 import pytest
 
-from worker.errors import BrokerUnavailable, FatalError, RecordTooLarge
-from worker.transport import translate_kafka_error
+from worker.errors import (
+    BrokerUnavailable,
+    FatalError,
+    ProducerFenced,
+    RecordTooLarge,
+    TransactionAborted,
+    TransientError,
+)
+from worker.settings import WorkerSettings
+from worker.transport import TransactionalPublisher, translate_kafka_error
 
 
 @pytest.mark.parametrize(
@@ -66,3 +74,43 @@ def test_a_refused_broker_certificate_counts_as_a_refused_login() -> None:
         assert "EMOTION_STREAM_SSL_CAFILE" in str(error)
     finally:
         transport._login_failures.failure = None
+
+
+def _publisher() -> TransactionalPublisher:
+    return TransactionalPublisher(WorkerSettings(delivery="exactly_once", transactional_id="w-1"))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        kafka.errors.ProducerFencedError(),
+        kafka.errors.InvalidProducerEpochError(),
+        # How kafka-python reports a send after the producer was fenced.
+        kafka.errors.KafkaError("Cannot perform send", kafka.errors.ProducerFencedError()),
+    ],
+)
+def test_fencing_is_recognised_however_it_is_reported(error: Exception) -> None:
+    translated = _publisher()._translate(error, "commit")
+    assert isinstance(translated, ProducerFenced)
+    assert "'w-1'" in str(translated) and "took over" in str(translated)
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (kafka.errors.CommitFailedError("stale generation"), TransactionAborted),
+        (kafka.errors.KafkaTimeoutError("slow"), TransactionAborted),
+        (kafka.errors.NotLeaderForPartitionError(), TransactionAborted),
+        (kafka.errors.MessageSizeTooLargeError("2 MB"), RecordTooLarge),
+        (kafka.errors.TransactionalIdAuthorizationFailedError(), FatalError),
+    ],
+)
+def test_transactional_errors_translate(error: Exception, kind: type[Exception]) -> None:
+    translated = _publisher()._translate(error, "emotions")
+    assert type(translated) is kind
+    assert "emotions" in str(translated)
+
+
+def test_transactional_errors_are_transient_so_the_loop_aborts_and_rereads() -> None:
+    assert issubclass(TransactionAborted, TransientError)
+    assert issubclass(ProducerFenced, FatalError)
