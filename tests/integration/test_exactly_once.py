@@ -1,0 +1,200 @@
+"""Exactly-once delivery with a real broker, a real Triton server and real worker processes.
+
+Every test runs ``emotion-stream worker`` with ``EMOTION_STREAM_DELIVERY=exactly_once``
+(see :mod:`tests.support.pipeline`) and reads the output and dead-letter topics back
+with ``isolation_level=read_committed``, the way the README tells consumers to. The
+promise checked: every input id has exactly one result (or dead letter) — after a clean
+run, after a SIGKILL at each failpoint of the publish/commit sequence followed by a
+restart, and after a second instance with the same transactional id fences the first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from tests.support.pipeline import (
+    WORKER_START_TIMEOUT_S,
+    Pipeline,
+    duplicates,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RESULTS_TIMEOUT_S = 240.0
+EXIT_TIMEOUT_S = 90.0
+FEED = 240
+FEED_RATE = 60.0  # tweets/s: the feed spans several commits, so the crash lands mid-stream
+POISON = 4
+
+
+@pytest.fixture
+def make_pipeline(
+    kafka_broker: Any,
+    triton_server: Any,
+    tiny_model_repository: Path,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> Iterator[Callable[..., Pipeline]]:
+    """Exactly-once pipelines; every worker of one pipeline shares one transactional id,
+    as restarts of one replica do."""
+    built: list[Pipeline] = []
+
+    def build(*, partitions: int = 3) -> Pipeline:
+        name = unique_name("eos")
+        pipeline = Pipeline(
+            bootstrap_servers=kafka_broker.bootstrap_servers,
+            triton_url=triton_server.grpc_url,
+            model_repository=tiny_model_repository,
+            name=name,
+            workdir=tmp_path,
+            partitions=partitions,
+            worker_env={
+                "EMOTION_STREAM_DELIVERY": "exactly_once",
+                "EMOTION_STREAM_TRANSACTIONAL_ID": f"{name}-replica-0",
+                # Several transactions per second: a failpoint's n-th hit comes early.
+                "EMOTION_STREAM_COMMIT_INTERVAL_MS": "200",
+                "EMOTION_STREAM_RETRY_BACKOFF_INITIAL_S": "0.1",
+                "EMOTION_STREAM_RETRY_BACKOFF_MAX_S": "1.0",
+            },
+        )
+        built.append(pipeline)
+        return pipeline
+
+    yield build
+    for pipeline in built:
+        pipeline.close()
+
+
+def _seed_poison(pipeline: Pipeline, count: int) -> None:
+    """Undecodable records (not UTF-8): each must end as exactly one dead letter."""
+    for n in range(count):
+        pipeline.producer.send(pipeline.input_topic, key=f"poison-{n}".encode(), value=b"\xff\xfe")
+    pipeline.producer.flush(timeout=60)
+
+
+def _wait_all_committed(pipeline: Pipeline) -> None:
+    """Until the group's committed offsets reach the input's end: nothing more can become
+    visible after this, so the counts read next are final."""
+    wait_until(
+        lambda: pipeline.committed_offsets() == pipeline.end_offsets(),
+        RESULTS_TIMEOUT_S,
+        lambda: f"offsets never committed to the end\n{pipeline.describe()}",
+        interval_s=0.5,
+    )
+
+
+def _uncommitted_result_ids(pipeline: Pipeline) -> Counter[str]:
+    """Results as a read_uncommitted reader sees them: aborted transactions included."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=pipeline.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_uncommitted",
+    )
+    try:
+        partitions = [TopicPartition(pipeline.output_topic, p) for p in range(pipeline.partitions)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(partitions)
+        counts: Counter[str] = Counter()
+        for _ in range(600):  # bounded: at most 600 polls of 200 ms
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    if record.value is not None:  # transaction markers carry none
+                        counts[str(json.loads(record.value)["id"])] += 1
+            if all(consumer.position(tp) >= ends[tp] for tp in partitions):
+                break
+        return counts
+    finally:
+        consumer.close()
+
+
+def _assert_exactly_once(pipeline: Pipeline, ids: list[str], test: str) -> None:
+    counts = pipeline.wait_for_results(ids, RESULTS_TIMEOUT_S)
+    _wait_all_committed(pipeline)
+    counts = pipeline.result_ids()
+    extra = duplicates(counts)
+    print(
+        f"\n[{test}] {len(ids)} ids, {sum(counts.values())} results (read_committed), "
+        f"{len(extra)} duplicated, {pipeline.dead_letter_count()} dead letters"
+    )
+    assert extra == {}, pipeline.describe()
+    assert set(counts) == set(ids), pipeline.describe()
+    assert pipeline.dead_letter_count() == POISON, pipeline.describe()
+
+
+def test_exactly_once_end_to_end_every_id_once(make_pipeline: Callable[..., Pipeline]) -> None:
+    pipeline = make_pipeline()
+    worker = pipeline.start_worker()
+    ids = pipeline.seed(FEED)
+    _seed_poison(pipeline, POISON)
+    _assert_exactly_once(pipeline, ids, "eos-clean")
+    assert f'"transactional_id": "{pipeline.name}-replica-0"' in worker.log(), worker.log_tail()
+    worker.terminate()
+    assert worker.wait(EXIT_TIMEOUT_S) == 0, worker.log_tail()
+
+
+@pytest.mark.parametrize(
+    "failpoint", ["after_inference:4", "after_send:3", "during_commit:3"], ids=lambda f: f
+)
+def test_sigkill_at_a_failpoint_then_restart_makes_no_duplicates(
+    make_pipeline: Callable[..., Pipeline], failpoint: str
+) -> None:
+    pipeline = make_pipeline()
+    doomed = pipeline.start_worker(EMOTION_STREAM_FAILPOINT=failpoint)
+    feeder = pipeline.feed(FEED, FEED_RATE)
+    _seed_poison(pipeline, POISON)
+    returncode = doomed.wait(RESULTS_TIMEOUT_S)
+    assert returncode == -9, doomed.log_tail()
+    assert "failpoint hit" in doomed.log(), doomed.log_tail()
+    before_restart = sum(pipeline.result_ids().values())
+
+    # The same transactional id: the restart aborts whatever the dead one left open.
+    pipeline.start_worker()
+    feeder.finish()
+    _assert_exactly_once(pipeline, feeder.ids, f"eos-{failpoint}")
+    # The crash did leave sent, unacknowledged-by-commit work behind: a read_uncommitted
+    # reader sees it twice (the aborted copy and the redone one); read_committed never does.
+    raw = duplicates(_uncommitted_result_ids(pipeline))
+    print(
+        f"[eos-{failpoint}] {before_restart} results visible before the restart; "
+        f"{len(raw)} ids duplicated for a read_uncommitted reader"
+    )
+    if not failpoint.startswith("after_inference"):
+        assert raw, "the crash should have aborted sent results (redone after the restart)"
+
+
+def test_a_second_instance_with_the_same_transactional_id_fences_the_first(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    pipeline = make_pipeline(partitions=1)
+    first = pipeline.start_worker()
+    warm = pipeline.seed(20)
+    pipeline.wait_for_results(warm, RESULTS_TIMEOUT_S)
+
+    second = pipeline.start_worker()
+    wait_until(
+        # "consuming" is logged once init_transactions has fenced every older producer.
+        lambda: '"event": "consuming"' in second.log() or not second.alive(),
+        WORKER_START_TIMEOUT_S,
+        lambda: f"the second instance never initialised its producer\n{second.log_tail()}",
+    )
+    assert second.alive(), second.log_tail()
+
+    # The first learns it is fenced at its next transactional call: give it work.
+    more = pipeline.seed(FEED, first=20)
+    _seed_poison(pipeline, POISON)
+    assert first.wait(EXIT_TIMEOUT_S) == 1, first.log_tail()
+    assert "fenced" in first.log(), first.log_tail()
+    assert "took over" in first.log(), first.log_tail()
+
+    _assert_exactly_once(pipeline, warm + more, "eos-fenced")
+    assert second.alive(), second.log_tail()
