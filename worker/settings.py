@@ -165,7 +165,8 @@ class WorkerSettings(BaseSettings):
 
     transactional_id: str = ""
     """Kafka transactional id of this worker's producer (``exactly_once`` only): unique per
-    replica, the same across its restarts. Empty means ``<consumer_group>-<hostname>``."""
+    replica, the same across its restarts. Empty means ``<consumer_group>-<worker_id>`` when
+    ``worker_id`` is set, else ``<consumer_group>-<hostname>``."""
 
     retry_backoff_initial_s: float = Field(default=0.2, gt=0, le=60)
     """First wait after a transient failure; doubles on each further failure."""
@@ -252,10 +253,16 @@ class WorkerSettings(BaseSettings):
 
     @property
     def effective_transactional_id(self) -> str:
-        """The transactional id the producer uses: the setting, or one derived from the group
-        and the host name (stable across restarts of one host or container, distinct between
-        Compose replicas, whose host names are their container ids)."""
-        return self.transactional_id or f"{self.consumer_group}-{socket.gethostname()}"
+        """The transactional id the producer uses: the setting; else the group and an explicit
+        worker id (an operator-chosen name per process, as the local stack and the tests
+        give); else the group and the host name (stable across restarts of one host or
+        container, distinct between Compose replicas, whose host names are container ids).
+        The default worker id is not used: its pid changes at every restart."""
+        if self.transactional_id:
+            return self.transactional_id
+        if "worker_id" in self.model_fields_set:
+            return f"{self.consumer_group}-{self.worker_id}"
+        return f"{self.consumer_group}-{socket.gethostname()}"
 
     @property
     def transaction_timeout_ms(self) -> int:

@@ -120,6 +120,9 @@ def test_exactly_once_and_its_transactional_id(monkeypatch: pytest.MonkeyPatch) 
     assert s.effective_transactional_id == "workers-replica-a"  # stable across restarts
     named = WorkerSettings(delivery="exactly_once", transactional_id="  worker-2  ")
     assert named.effective_transactional_id == "worker-2"
+    # Several workers on one host tell themselves apart by an explicit worker id.
+    local = WorkerSettings(delivery="exactly_once", consumer_group="workers", worker_id="w-3")
+    assert local.effective_transactional_id == "workers-w-3"
     assert not WorkerSettings().exactly_once
     assert "EMOTION_STREAM_DELIVERY" in error_text(delivery="exactly-once")
 
