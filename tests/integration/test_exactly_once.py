@@ -198,3 +198,37 @@ def test_a_second_instance_with_the_same_transactional_id_fences_the_first(
 
     _assert_exactly_once(pipeline, warm + more, "eos-fenced")
     assert second.alive(), second.log_tail()
+
+
+def test_rebalances_while_producing_make_no_duplicates(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    # Two replicas, each with its own transactional id. Mid-stream one stops: the group
+    # rebalances and the survivor loses (and regains) partitions whose results sit in its
+    # open transaction. It must abort them, never commit them; the leaver commits on its
+    # way out. Long commit intervals keep transactions open, so the rebalance finds one.
+    pipeline = make_pipeline(partitions=3)
+    slow_commits = {"EMOTION_STREAM_COMMIT_INTERVAL_MS": "3000"}
+    survivor = pipeline.start_worker(
+        EMOTION_STREAM_TRANSACTIONAL_ID=f"{pipeline.name}-replica-1", **slow_commits
+    )
+    leaver = pipeline.start_worker(
+        EMOTION_STREAM_TRANSACTIONAL_ID=f"{pipeline.name}-replica-2", **slow_commits
+    )
+    wait_until(
+        lambda: bool(survivor.assigned_partitions()) and bool(leaver.assigned_partitions()),
+        WORKER_START_TIMEOUT_S,
+        lambda: f"the group never split the partitions\n{pipeline.describe()}",
+    )
+    feeder = pipeline.feed(FEED, FEED_RATE / 2)
+    _seed_poison(pipeline, POISON)
+    pipeline.wait_for_result_count(FEED // 4, RESULTS_TIMEOUT_S)
+    leaver.terminate()
+    assert leaver.wait(EXIT_TIMEOUT_S) == 0, leaver.log_tail()
+
+    feeder.finish()
+    _assert_exactly_once(pipeline, feeder.ids, "eos-rebalance")
+    assert survivor.alive(), survivor.log_tail()
+    aborts = survivor.log().count("transaction aborted, re-reading from the last commit")
+    print(f"[eos-rebalance] the survivor aborted {aborts} transaction(s) on revocation")
+    assert aborts >= 1, "the rebalance should have found results in the open transaction"
