@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import kafka.errors
 import pytest
 
@@ -13,6 +15,7 @@ from worker.errors import (
     TransactionAborted,
     TransientError,
 )
+from worker.messages import OutboundRecord
 from worker.settings import WorkerSettings
 from worker.transport import TransactionalPublisher, translate_kafka_error
 
@@ -114,3 +117,104 @@ def test_transactional_errors_translate(error: Exception, kind: type[Exception])
 def test_transactional_errors_are_transient_so_the_loop_aborts_and_rereads() -> None:
     assert issubclass(TransactionAborted, TransientError)
     assert issubclass(ProducerFenced, FatalError)
+
+
+class _FakeFuture:
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+        self.errbacks: list[Any] = []
+
+    def add_callback(self, fn: Any) -> None:
+        self.callbacks.append(fn)
+
+    def add_errback(self, fn: Any) -> None:
+        self.errbacks.append(fn)
+
+
+class _FakeTransactionalProducer:
+    """Records the order of kafka-python's transactional calls."""
+
+    def __init__(self, fail_commit: Exception | None = None) -> None:
+        self.calls: list[str] = []
+        self.fail_commit = fail_commit
+        self.futures: list[_FakeFuture] = []
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def send(self, topic: str, **_: Any) -> _FakeFuture:
+        self.calls.append(f"send {topic}")
+        self.futures.append(_FakeFuture())
+        return self.futures[-1]
+
+    def send_offsets_to_transaction(self, offsets: dict[Any, Any], membership: Any) -> None:
+        described = sorted((tp.topic, tp.partition, meta.offset) for tp, meta in offsets.items())
+        self.calls.append(f"offsets {described} {membership}")
+
+    def commit_transaction(self) -> None:
+        self.calls.append("commit")
+        if self.fail_commit is not None:
+            raise self.fail_commit
+
+    def abort_transaction(self) -> None:
+        self.calls.append("abort")
+
+
+def _with_producer(producer: _FakeTransactionalProducer) -> TransactionalPublisher:
+    publisher = _publisher()
+    publisher._producer = producer
+    return publisher
+
+
+def _record(topic: str) -> OutboundRecord:
+    return OutboundRecord(topic=topic, key=b"k", value=b"{}", headers=())
+
+
+def test_a_transaction_opens_with_the_first_send_and_commits_with_its_offsets() -> None:
+    producer = _FakeTransactionalProducer()
+    publisher = _with_producer(producer)
+    acks: list[BaseException | None] = []
+    assert not publisher.in_transaction
+    publisher.send(_record("emotions"), acks.append)
+    publisher.send(_record("tweets.dlq"), acks.append)
+    assert publisher.in_transaction
+    for future in producer.futures:
+        future.callbacks[0](object())
+    assert acks == [None, None]
+    publisher.commit_transaction({("tweets", 0): 12}, "generation-3")
+    assert producer.calls == [
+        "begin",
+        "send emotions",
+        "send tweets.dlq",
+        "offsets [('tweets', 0, 12)] generation-3",
+        "commit",
+    ]
+    assert not publisher.in_transaction
+    publisher.commit_transaction({("tweets", 0): 12}, "generation-3")  # nothing open: no-op
+    publisher.abort_transaction()
+    assert producer.calls[-1] == "commit"
+
+
+def test_a_fenced_commit_raises_producer_fenced_and_a_stale_one_asks_for_an_abort() -> None:
+    fenced = _with_producer(_FakeTransactionalProducer(kafka.errors.ProducerFencedError()))
+    fenced.send(_record("emotions"), lambda _error: None)
+    with pytest.raises(ProducerFenced):
+        fenced.commit_transaction({("tweets", 0): 1}, "generation-1")
+
+    stale_error = kafka.errors.CommitFailedError("generation mismatch")
+    stale = _with_producer(_FakeTransactionalProducer(stale_error))
+    stale.send(_record("emotions"), lambda _error: None)
+    with pytest.raises(TransactionAborted):
+        stale.commit_transaction({("tweets", 0): 1}, "generation-1")
+    assert stale.in_transaction  # still open: the worker aborts it
+    stale.abort_transaction()
+    assert not stale.in_transaction
+
+
+def test_a_failed_send_reports_a_translated_error_through_the_callback() -> None:
+    producer = _FakeTransactionalProducer()
+    publisher = _with_producer(producer)
+    errors: list[BaseException | None] = []
+    publisher.send(_record("emotions"), errors.append)
+    producer.futures[0].errbacks[0](kafka.errors.ProducerFencedError())
+    assert len(errors) == 1 and isinstance(errors[0], ProducerFenced)
