@@ -373,6 +373,7 @@ class KafkaPublisher:
         return True
 
 
+PRODUCER_START = "producer start"
 # On shutdown after a fatal error, an open transaction gets this long to abort; the
 # broker aborts it anyway after the transaction timeout, or when the replica restarts.
 ABORT_ON_EXIT_TIMEOUT_S = 10.0
@@ -425,7 +426,7 @@ class TransactionalPublisher(KafkaPublisher):
             self._producer.init_transactions()
         except Exception as exc:
             self._close_now()
-            raise self._translate(exc, "producer start") from exc
+            raise self._translate(exc, PRODUCER_START) from exc
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -469,17 +470,17 @@ class TransactionalPublisher(KafkaPublisher):
         state = self._transaction_state() if self._producer is not None else None
         if _is_fenced(exc) or (state is not None and _is_fenced(state.last_error)):
             return ProducerFenced(self.transactional_id, f"{operation}: {exc}")
-        if isinstance(exc, _TOO_LARGE):
-            return RecordTooLarge(operation, str(exc))
+        plain = translate_kafka_error(exc, operation)
+        if isinstance(plain, RecordTooLarge) or operation == PRODUCER_START:
+            return plain  # a start is retried (or refused) like any client's
         if isinstance(exc, kafka.errors.CommitFailedError) or (
             state is not None and state.has_abortable_error()
         ):
             return TransactionAborted(operation, str(exc))
-        if isinstance(exc, kafka.errors.KafkaError) and (
-            exc.retriable or isinstance(exc, kafka.errors.KafkaTimeoutError)
-        ):
+        if isinstance(plain, BrokerUnavailable):
+            # Inside a transaction, retrying means aborting it and doing the work again.
             return TransactionAborted(operation, str(exc))
-        return translate_kafka_error(exc, operation)
+        return plain
 
     def send(self, record: OutboundRecord, on_done: AckCallback) -> None:
         """As :meth:`KafkaPublisher.send`, inside the open transaction (opened if needed)."""

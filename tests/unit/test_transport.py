@@ -218,3 +218,8 @@ def test_a_failed_send_reports_a_translated_error_through_the_callback() -> None
     publisher.send(_record("emotions"), errors.append)
     producer.futures[0].errbacks[0](kafka.errors.ProducerFencedError())
     assert len(errors) == 1 and isinstance(errors[0], ProducerFenced)
+
+
+def test_a_producer_start_that_times_out_is_retried_not_aborted() -> None:
+    translated = _publisher()._translate(kafka.errors.KafkaTimeoutError("slow"), "producer start")
+    assert type(translated) is BrokerUnavailable
