@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 Partition = tuple[str, int]
@@ -199,19 +200,7 @@ class CommitTracker:
     def rewind_to_committed(self, partition: Partition) -> int | None:
         """Exactly-once, after an abort: forget everything past the last commit (a new epoch)
         and return the offset to read from again (None if the partition was never read)."""
-        with self._lock:
-            state = self._partitions.pop(partition, None)
-            if state is None:
-                return None
-            point = state.restart_point()
-            if point is not None:
-                fresh = _PartitionState(
-                    epoch=next(self._epochs), committed=state.committed, start=state.start
-                )
-                fresh.done_below = point
-                fresh.last_consumed = point - 1
-                self._partitions[partition] = fresh
-            return point
+        return self._restart(partition, _PartitionState.restart_point)
 
     def forget(self, partitions: list[Partition] | set[Partition]) -> None:
         """Drop partitions (revoked or lost); their late acknowledgements are ignored."""
@@ -225,19 +214,27 @@ class CommitTracker:
         Used when a publish failed: the records from the watermark on are consumed again
         (a new epoch), so nothing after a gap is ever committed.
         """
+        return self._restart(partition, _PartitionState.watermark)
+
+    def _restart(
+        self, partition: Partition, point_of: Callable[[_PartitionState], int | None]
+    ) -> int | None:
+        """Replace the partition's state by a fresh epoch that resumes at ``point_of(state)``
+        (everything before it counts as done); drop the partition if there is no such point.
+        The point, for the caller to seek to."""
         with self._lock:
             state = self._partitions.pop(partition, None)
             if state is None:
                 return None
-            mark = state.watermark()
-            if mark is not None:
+            point = point_of(state)
+            if point is not None:
                 fresh = _PartitionState(
                     epoch=next(self._epochs), committed=state.committed, start=state.start
                 )
-                fresh.done_below = mark
-                fresh.last_consumed = mark - 1
+                fresh.done_below = point
+                fresh.last_consumed = point - 1
                 self._partitions[partition] = fresh
-            return mark
+            return point
 
     def pending_count(self) -> int:
         """Records consumed and not yet done, over all partitions."""
