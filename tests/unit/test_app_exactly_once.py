@@ -245,10 +245,17 @@ def test_losing_a_partition_with_results_in_the_open_transaction_aborts_it(
     run_eos: Any,
 ) -> None:
     # A long commit interval keeps the transaction open while the partition is revoked.
+    # The loop's first turn commits at once (no commit yet): the gate holds every result
+    # until that turn is over, or it would commit part of them and leave too few open.
+    classifier = GatedClassifier()
     h = run_eos(
-        {("tweets", 0): tweets(0, 10), ("tweets", 1): tweets(1, 10)}, commit_interval_ms=60_000
+        {("tweets", 0): tweets(0, 10), ("tweets", 1): tweets(1, 10)},
+        classifier=classifier,
+        commit_interval_ms=60_000,
     )
     out = publisher_of(h)
+    wait_for(lambda: h.worker._last_commit > 0, "the first commit turn")
+    classifier.gate.set()
     wait_for(lambda: len(out.open_records) == 20, "both partitions sent, uncommitted")
     complete = h.source.revoke(h.worker, ("tweets", 1))
     assert complete == {}  # nothing committed outside a transaction
