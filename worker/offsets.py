@@ -74,6 +74,13 @@ class _PartitionState:
             return self.pending[0].offset
         return self.done_below
 
+    def first_not_done(self) -> int | None:
+        """Where to read again when the pending records are thrown away; unlike
+        :meth:`watermark`, also when nothing was done yet (then: the first pending)."""
+        if self.pending:
+            return self.pending[0].offset
+        return self.done_below
+
 
 class CommitTracker:
     """Per partition, the highest offset below which every record is published or
@@ -211,10 +218,12 @@ class CommitTracker:
     def rewind(self, partition: Partition) -> int | None:
         """Forget a partition's pending records and return the offset to re-read from.
 
-        Used when a publish failed: the records from the watermark on are consumed again
-        (a new epoch), so nothing after a gap is ever committed.
+        Used when a publish failed: the records from the first one not done on are consumed
+        again (a new epoch), so nothing after a gap is ever committed — also when nothing
+        of the partition was done yet (the watermark is unknown then, and returning None
+        would leave the consumer past the failed records: lost).
         """
-        return self._restart(partition, _PartitionState.watermark)
+        return self._restart(partition, _PartitionState.first_not_done)
 
     def _restart(
         self, partition: Partition, point_of: Callable[[_PartitionState], int | None]

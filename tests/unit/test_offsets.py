@@ -174,3 +174,17 @@ def test_rewind_to_committed_goes_back_to_the_last_commit_or_the_start() -> None
         tracker.done(ticket)
     assert tracker.committable() == {P0: 14}
     assert tracker.rewind_to_committed(("tweets", 9)) is None
+
+
+def test_rewind_before_anything_was_done_goes_back_to_the_first_pending() -> None:
+    # A publish failing before the partition's first acknowledgement (the broker went
+    # away at start): the failed records must be read again, not skipped.
+    tracker = CommitTracker()
+    tickets = [tracker.track(P0, offset) for offset in range(20, 23)]
+    assert tracker.rewind(P0) == 20
+    assert not tracker.done(tickets[0])  # old epoch
+    again = [tracker.track(P0, offset) for offset in range(20, 23)]
+    assert tracker.committable() == {P0: 20}  # nothing past the failed records
+    for ticket in again:
+        tracker.done(ticket)
+    assert tracker.committable() == {P0: 23}
