@@ -77,8 +77,10 @@ class _LoginFailureWatch(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.failure: BaseException | None = None
-        self.at = 0.0
+        # (refusal, when): one reference, replaced whole, so the loop thread reading it
+        # never sees one refusal's error with another's time (it is written on
+        # kafka-python's I/O thread).
+        self._last: tuple[BaseException, float] | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
@@ -89,13 +91,17 @@ class _LoginFailureWatch(logging.Filter):
             # handling the ssl error, which stays reachable as its context.
             for error in (arg, arg.__cause__, arg.__context__):
                 if isinstance(error, _LOGIN_REFUSED):
-                    self.failure, self.at = arg, time.monotonic()
-        return True
+                    self._last = (arg, time.monotonic())
+        return True  # watches only: the record is logged as usual
 
     def recent(self, within_s: float) -> BaseException | None:
-        if self.failure is not None and time.monotonic() - self.at <= within_s:
-            return self.failure
+        last = self._last
+        if last is not None and time.monotonic() - last[1] <= within_s:
+            return last[0]
         return None
+
+    def forget(self) -> None:
+        self._last = None
 
 
 _LOGIN_REFUSED = (kafka.errors.SaslAuthenticationFailedError, ssl.SSLCertVerificationError)

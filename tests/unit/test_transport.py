@@ -55,7 +55,7 @@ def test_a_bootstrap_timeout_after_a_refused_login_is_fatal_and_names_the_settin
         assert "refused the login" in str(error) and "invalid credentials" in str(error)
         assert "EMOTION_STREAM_SASL_PASSWORD" in str(error)
     finally:
-        transport._login_failures.failure = None  # later tests must see a plain timeout
+        transport._login_failures.forget()  # later tests must see a plain timeout
 
 
 def test_a_refused_broker_certificate_counts_as_a_refused_login() -> None:
@@ -76,7 +76,7 @@ def test_a_refused_broker_certificate_counts_as_a_refused_login() -> None:
         assert "certificate verify failed" in str(error)
         assert "EMOTION_STREAM_SSL_CAFILE" in str(error)
     finally:
-        transport._login_failures.failure = None
+        transport._login_failures.forget()
 
 
 def _publisher() -> TransactionalPublisher:
