@@ -321,6 +321,7 @@ class KafkaSource:
 
 
 AckCallback = Callable[[BaseException | None], None]
+PRODUCER_START = "producer start"
 
 
 class KafkaPublisher:
@@ -330,21 +331,29 @@ class KafkaPublisher:
         self._settings = settings
         self._producer: Any = None
 
-    def __enter__(self) -> KafkaPublisher:
+    def _new_producer(self, **extra: Any) -> Any:
+        """kafka-python's producer as both publishers configure it, plus ``extra``."""
         s = self._settings
+        return kafka.KafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap_servers.split(","),
+            client_id=f"{s.worker_id}-producer",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=PRODUCER_LINGER_MS,
+            max_block_ms=PRODUCER_MAX_BLOCK_MS,
+            **extra,
+            **s.kafka_security(),
+        )
+
+    def __enter__(self) -> KafkaPublisher:
         try:
-            self._producer = kafka.KafkaProducer(
-                bootstrap_servers=s.kafka_bootstrap_servers.split(","),
-                client_id=f"{s.worker_id}-producer",
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=PRODUCER_LINGER_MS,
-                max_block_ms=PRODUCER_MAX_BLOCK_MS,
-                **s.kafka_security(),
-            )
+            self._producer = self._new_producer()
         except Exception as exc:
-            raise translate_kafka_error(exc, "producer start") from exc
+            raise self._translate(exc, PRODUCER_START) from exc
         return self
+
+    def _translate(self, exc: BaseException, operation: str) -> WorkerError:
+        return translate_kafka_error(exc, operation)
 
     def __exit__(self, *exc: object) -> None:
         if self._producer is not None:
@@ -365,10 +374,10 @@ class KafkaPublisher:
                 headers=list(record.headers),
             )
         except Exception as exc:
-            on_done(translate_kafka_error(exc, record.topic))
+            on_done(self._translate(exc, record.topic))
             return
         future.add_callback(lambda _metadata: on_done(None))
-        future.add_errback(lambda exc: on_done(translate_kafka_error(exc, record.topic)))
+        future.add_errback(lambda exc: on_done(self._translate(exc, record.topic)))
 
     def flush(self, timeout_s: float) -> bool:
         """Wait for every send to be acknowledged or failed; False on timeout."""
@@ -379,7 +388,6 @@ class KafkaPublisher:
         return True
 
 
-PRODUCER_START = "producer start"
 # On shutdown after a fatal error, an open transaction gets this long to abort; the
 # broker aborts it anyway after the transaction timeout, or when the replica restarts.
 ABORT_ON_EXIT_TIMEOUT_S = 10.0
@@ -415,20 +423,13 @@ class TransactionalPublisher(KafkaPublisher):
         self._open = False
 
     def __enter__(self) -> TransactionalPublisher:
-        s = self._settings
         try:
-            self._producer = kafka.KafkaProducer(
-                bootstrap_servers=s.kafka_bootstrap_servers.split(","),
-                client_id=f"{s.worker_id}-producer",
-                acks="all",
-                enable_idempotence=True,
+            self._producer = self._new_producer(
                 transactional_id=self.transactional_id,
-                transaction_timeout_ms=s.transaction_timeout_ms,
-                linger_ms=PRODUCER_LINGER_MS,
-                max_block_ms=PRODUCER_MAX_BLOCK_MS,
-                **s.kafka_security(),
+                transaction_timeout_ms=self._settings.transaction_timeout_ms,
             )
-            # Fences every older producer with this id and aborts what it left open.
+            # Fences every older producer with this id and aborts what it left open;
+            # bounded by max_block_ms (a KafkaTimeoutError, retried like any start).
             self._producer.init_transactions()
         except Exception as exc:
             self._close_now()
@@ -492,23 +493,12 @@ class TransactionalPublisher(KafkaPublisher):
         """As :meth:`KafkaPublisher.send`, inside the open transaction (opened if needed)."""
         if not self._open:
             try:
-                self._producer.begin_transaction()
+                self._producer.begin_transaction()  # local state only: never waits
             except Exception as exc:
                 on_done(self._translate(exc, "begin transaction"))
                 return
             self._open = True
-        try:
-            future = self._producer.send(
-                record.topic,
-                value=record.value,
-                key=record.key,
-                headers=list(record.headers),
-            )
-        except Exception as exc:
-            on_done(self._translate(exc, record.topic))
-            return
-        future.add_callback(lambda _metadata: on_done(None))
-        future.add_errback(lambda exc: on_done(self._translate(exc, record.topic)))
+        super().send(record, on_done)
 
     def commit_transaction(self, offsets: dict[Partition, int], membership: Any) -> None:
         """Add ``offsets`` (next offset to read, per input partition) for the consumer whose
