@@ -304,8 +304,10 @@ class KafkaSource:
         """Commit from inside the rebalance listener, on kafka-python's I/O loop."""
         coordinator = self._consumer._coordinator
         try:
-            # kafka-python 3.0's awaitable form of commit(); the public one would block
-            # the I/O thread on itself. Pinned in pyproject.toml.
+            # kafka-python 3.0's awaitable form of commit() (private: no public one); the
+            # public commit() would block the I/O thread on itself. Pinned in
+            # pyproject.toml; tests/unit/test_transport.py fails if it goes away.
+            # At-least-once only: in exactly-once on_revoked returns no offsets.
             await coordinator._commit_offsets_sync_async(_offsets(offsets), COMMIT_TIMEOUT_MS)
         except Exception as exc:  # the new owner re-reads from the last commit
             log.warning("commit on revocation failed: %s", exc)
@@ -391,6 +393,11 @@ class KafkaPublisher:
 # On shutdown after a fatal error, an open transaction gets this long to abort; the
 # broker aborts it anyway after the transaction timeout, or when the replica restarts.
 ABORT_ON_EXIT_TIMEOUT_S = 10.0
+# kafka-python 3.0.12's send_offsets_to_transaction, commit_transaction and
+# abort_transaction wait for the broker with no timeout (its sender retries while the
+# coordinator is away). The loop waits this long, under the worker's liveness timeout
+# (60 s) so the worker stops itself with a message rather than hang until killed.
+TRANSACTION_CALL_TIMEOUT_S = 30.0
 
 
 def _is_fenced(exc: BaseException | None) -> bool:
@@ -406,6 +413,36 @@ def _is_fenced(exc: BaseException | None) -> bool:
         exc = exc.__cause__
         seen += 1
     return False
+
+
+class _CallTimedOut(FatalError):  # noqa: N818 — a FatalError: the policy is the type
+    def __init__(self, operation: str, timeout_s: float) -> None:
+        super().__init__(
+            f"Kafka transaction {operation} got no answer within {timeout_s:g} s (broker or "
+            "coordinator unreachable); its outcome is unknown and this producer cannot go "
+            "on: stopping, a restart settles the transaction (init_transactions)"
+        )
+
+
+def _call_bounded(call: Callable[[], None], operation: str, timeout_s: float) -> None:
+    """Run a kafka-python call that may wait forever; raise what it raised, or
+    :class:`_CallTimedOut` after ``timeout_s`` (the call goes on, on a daemon thread
+    that ends with the producer or the process)."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"worker-txn-{operation}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise _CallTimedOut(operation, timeout_s)
+    if failure:
+        raise failure[0]
 
 
 class TransactionalPublisher(KafkaPublisher):
@@ -448,17 +485,12 @@ class TransactionalPublisher(KafkaPublisher):
             self._producer = None
 
     def _abort_bounded(self) -> None:
-        """Abort on exit, without hanging on a broker that is gone (kafka-python's abort
-        has no timeout): a daemon thread, waited for a bounded time."""
-        producer = self._producer
-
-        def abort() -> None:
-            with contextlib.suppress(Exception):
-                producer.abort_transaction()
-
-        thread = threading.Thread(target=abort, name="worker-abort", daemon=True)
-        thread.start()
-        thread.join(ABORT_ON_EXIT_TIMEOUT_S)
+        """Abort on exit, without hanging on a broker that is gone; failures are logged
+        (the broker aborts the transaction anyway, see ABORT_ON_EXIT_TIMEOUT_S)."""
+        try:
+            _call_bounded(self._producer.abort_transaction, "abort", ABORT_ON_EXIT_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("abort on exit failed; the broker aborts on timeout: %s", exc)
         self._open = False
 
     @property
@@ -512,15 +544,22 @@ class TransactionalPublisher(KafkaPublisher):
             This transaction cannot commit (stale group generation, failed send, broker
             trouble): abort it and re-read from the last commit.
         FatalError
-            Anything else (e.g. not authorized for the group).
+            Anything else (e.g. not authorized for the group), or no answer within
+            :data:`TRANSACTION_CALL_TIMEOUT_S`: the outcome is then unknown and this
+            producer unusable; a restart's ``init_transactions`` settles it.
         """
         if not self._open:
             return
         try:
             if offsets:
-                self._producer.send_offsets_to_transaction(_offsets(offsets), membership)
+                kafka_offsets = _offsets(offsets)
+                _call_bounded(
+                    lambda: self._producer.send_offsets_to_transaction(kafka_offsets, membership),
+                    "offset commit",
+                    TRANSACTION_CALL_TIMEOUT_S,
+                )
             failpoints.hit(failpoints.DURING_COMMIT)
-            self._producer.commit_transaction()
+            _call_bounded(self._producer.commit_transaction, "commit", TRANSACTION_CALL_TIMEOUT_S)
         except Exception as exc:
             raise self._translate(exc, "commit") from exc
         self._open = False
@@ -533,12 +572,13 @@ class TransactionalPublisher(KafkaPublisher):
         ProducerFenced
             A newer producer took over (which aborted it already).
         FatalError
-            The producer is in a state no abort can mend.
+            The producer is in a state no abort can mend, or the abort got no answer
+            within :data:`TRANSACTION_CALL_TIMEOUT_S`.
         """
         if not self._open:
             return
         try:
-            self._producer.abort_transaction()
+            _call_bounded(self._producer.abort_transaction, "abort", TRANSACTION_CALL_TIMEOUT_S)
         except Exception as exc:
             error = self._translate(exc, "abort")
             if isinstance(error, ProducerFenced):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import threading
 from typing import Any
 
 import kafka.errors
@@ -138,6 +140,8 @@ class _FakeTransactionalProducer:
         self.calls: list[str] = []
         self.fail_commit = fail_commit
         self.futures: list[_FakeFuture] = []
+        # Set to hold commit and abort as kafka-python does while the broker is away.
+        self.unanswered: threading.Event | None = None
 
     def begin_transaction(self) -> None:
         self.calls.append("begin")
@@ -153,11 +157,15 @@ class _FakeTransactionalProducer:
 
     def commit_transaction(self) -> None:
         self.calls.append("commit")
+        if self.unanswered is not None:
+            self.unanswered.wait(30)
         if self.fail_commit is not None:
             raise self.fail_commit
 
     def abort_transaction(self) -> None:
         self.calls.append("abort")
+        if self.unanswered is not None:
+            self.unanswered.wait(30)
 
 
 def _with_producer(producer: _FakeTransactionalProducer) -> TransactionalPublisher:
@@ -223,3 +231,35 @@ def test_a_failed_send_reports_a_translated_error_through_the_callback() -> None
 def test_a_producer_start_that_times_out_is_retried_not_aborted() -> None:
     translated = _publisher()._translate(kafka.errors.KafkaTimeoutError("slow"), "producer start")
     assert type(translated) is BrokerUnavailable
+
+
+def test_a_commit_or_abort_the_broker_never_answers_stops_the_worker_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker import transport  # noqa: PLC0415
+
+    monkeypatch.setattr(transport, "TRANSACTION_CALL_TIMEOUT_S", 0.2)
+    producer = _FakeTransactionalProducer()
+    producer.unanswered = threading.Event()
+    publisher = _with_producer(producer)
+    try:
+        publisher.send(_record("emotions"), lambda _error: None)
+        with pytest.raises(FatalError, match=r"no answer within 0\.2 s") as commit:
+            publisher.commit_transaction({("tweets", 0): 1}, "generation-1")
+        assert not isinstance(commit.value, TransientError)  # no abort-and-retry on it
+        with pytest.raises(FatalError, match="cannot abort"):
+            publisher.abort_transaction()
+        assert producer.calls[-2:] == ["commit", "abort"]
+    finally:
+        producer.unanswered.set()
+
+
+def test_the_private_kafka_python_commit_the_rebalance_listener_awaits_still_exists() -> None:
+    # KafkaSource.commit_from_listener awaits it on kafka-python's I/O loop; its failure
+    # there is only logged, so an upgrade that renamed it would lose every revocation
+    # commit quietly. Pinned kafka-python==3.0.12: this fails first.
+    from kafka.coordinator.consumer import ConsumerCoordinator  # noqa: PLC0415
+
+    method = ConsumerCoordinator._commit_offsets_sync_async
+    assert inspect.iscoroutinefunction(method)
+    assert list(inspect.signature(method).parameters)[:3] == ["self", "offsets", "timeout_ms"]
