@@ -107,6 +107,10 @@ class _LoginFailureWatch(logging.Filter):
 _LOGIN_REFUSED = (kafka.errors.SaslAuthenticationFailedError, ssl.SSLCertVerificationError)
 # Longer than kafka-python's bootstrap timeout (30 s): a refusal during this bootstrap.
 _LOGIN_FAILURE_WINDOW_S = 90.0
+# Only a client's start waits for a bootstrap; later timeouts (a send's metadata wait, a
+# commit) during a broker restart that briefly refused a login stay retriable.
+CONSUMER_START = "consumer start"
+PRODUCER_START = "producer start"
 _login_failures = _LoginFailureWatch()
 logging.getLogger("kafka.net.manager").addFilter(_login_failures)
 
@@ -115,7 +119,11 @@ def translate_kafka_error(exc: BaseException, operation: str) -> WorkerError:
     """The worker error for an exception from kafka-python."""
     if isinstance(exc, WorkerError):
         return exc
-    refused = _login_failures.recent(_LOGIN_FAILURE_WINDOW_S)
+    refused = (
+        _login_failures.recent(_LOGIN_FAILURE_WINDOW_S)
+        if operation in (CONSUMER_START, PRODUCER_START)
+        else None
+    )
     if isinstance(exc, kafka.errors.KafkaTimeoutError) and refused is not None:
         return FatalError(
             f"Kafka {operation} failed: the broker refused the login ({refused}); check "
@@ -221,7 +229,7 @@ class KafkaSource:
             self._consumer.subscribe([s.input_topic], listener=_Listener(self, self._handler))
         except Exception as exc:
             self._close()
-            raise translate_kafka_error(exc, "consumer start") from exc
+            raise translate_kafka_error(exc, CONSUMER_START) from exc
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -323,7 +331,6 @@ class KafkaSource:
 
 
 AckCallback = Callable[[BaseException | None], None]
-PRODUCER_START = "producer start"
 
 
 class KafkaPublisher:
