@@ -27,10 +27,10 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka.admin import (
     ACL,
@@ -299,6 +299,33 @@ def _acl_operation(name: str) -> ACLOperation:
         raise ValueError(f"unknown ACL operation {name!r}") from None
 
 
+_T = TypeVar("_T")
+
+
+def _probe(ask: Callable[[KafkaAdminClient], _T], **client: Any) -> _T | None:
+    """``ask(admin)`` with a short-lived admin client built from ``client`` options and
+    waiting at most :data:`PROBE_TIMEOUT_S`; None when the broker does not answer (not
+    listening, no metadata yet, login refused)."""
+    probe_ms = int(PROBE_TIMEOUT_S * 1000)
+    try:
+        admin = KafkaAdminClient(
+            client_id="emotion-stream-readiness",
+            request_timeout_ms=probe_ms,
+            bootstrap_timeout_ms=probe_ms,
+            **client,
+        )
+    except KafkaConfigurationError:
+        raise  # our bug, not "not ready yet"
+    except (KafkaError, OSError):
+        return None
+    try:
+        return ask(admin)
+    except (KafkaError, OSError):
+        return None
+    finally:
+        admin.close()
+
+
 class KafkaBroker:
     """A Kafka 4.x node (KRaft, combined broker + controller) on 127.0.0.1.
 
@@ -486,24 +513,11 @@ class KafkaBroker:
 
     def is_ready(self) -> bool:
         """Whether the broker answers metadata with itself registered and a controller."""
-        probe_ms = int(PROBE_TIMEOUT_S * 1000)
-        try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=self.bootstrap_servers,
-                client_id="emotion-stream-readiness",
-                request_timeout_ms=probe_ms,
-                bootstrap_timeout_ms=probe_ms,
-            )
-        except KafkaConfigurationError:
-            raise  # our bug, not "not ready yet"
-        except (KafkaError, OSError):  # not listening yet, no metadata yet, ...
+        cluster = _probe(
+            KafkaAdminClient.describe_cluster, bootstrap_servers=self.bootstrap_servers
+        )
+        if cluster is None:
             return False
-        try:
-            cluster = admin.describe_cluster()
-        except (KafkaError, OSError):
-            return False
-        finally:
-            admin.close()
         unfenced = {
             int(broker["broker_id"])
             for broker in cluster.get("brokers", [])
@@ -551,25 +565,9 @@ class KafkaBroker:
     def _answers_as(self, user: str) -> bool:
         """Whether ``user`` authenticates on the secure listener and gets metadata."""
         assert self.security is not None
-        probe_ms = int(PROBE_TIMEOUT_S * 1000)
-        try:
-            admin = KafkaAdminClient(
-                client_id="emotion-stream-readiness",
-                request_timeout_ms=probe_ms,
-                bootstrap_timeout_ms=probe_ms,
-                **self.security.client_options(user),
-            )
-        except KafkaConfigurationError:
-            raise
-        except (KafkaError, OSError):
-            return False
-        try:
-            admin.list_topics()  # metadata: any authenticated user may ask
-        except (KafkaError, OSError):
-            return False
-        finally:
-            admin.close()
-        return True
+        # Metadata: any authenticated user may ask.
+        topics = _probe(KafkaAdminClient.list_topics, **self.security.client_options(user))
+        return topics is not None
 
     def _admin(self) -> KafkaAdminClient:
         """An admin client on the PLAINTEXT listener (a super user when ACLs are on)."""
