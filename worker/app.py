@@ -68,7 +68,7 @@ from worker.inference import (
     ModelSpec,
     Outcome,
     TritonClassifier,
-    classify_isolating_rejects,
+    classify_planned,
     label_scores,
 )
 from worker.messages import (
@@ -83,7 +83,7 @@ from worker.messages import (
 from worker.observability import Health, HealthServer, ThroughputSummary, WorkerMetrics
 from worker.offsets import CommitTracker, Partition, Ticket
 from worker.settings import WorkerSettings
-from worker.tokenizing import EncodedBatch, TweetTokenizer
+from worker.tokenizing import EncodedBatch, PlannedBatch, TweetTokenizer
 from worker.transport import KafkaPublisher, KafkaSource, TransactionalPublisher
 
 log = structlog.get_logger("worker")
@@ -161,7 +161,7 @@ class Classifier(Protocol):
 
 
 class Tokenizer(Protocol):
-    def encode(self, texts: list[str]) -> EncodedBatch: ...
+    def plan(self, texts: list[str], max_request_size: int) -> PlannedBatch: ...
 
 
 class RebalanceAware(Protocol):
@@ -294,7 +294,11 @@ class Worker:
         self._classifier: Classifier | None = None
         self._tokenizer: Tokenizer | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._batcher = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000)
+        self._batcher = MicroBatcher(
+            settings.batch_window,
+            settings.max_batch_wait_ms / 1000,
+            full_size=settings.max_batch_size,
+        )
         self._in_flight: deque[InFlight] = deque()
         self._retry: deque[MicroBatch] = deque()
         self._backoff = Backoff(settings.retry_backoff_initial_s, settings.retry_backoff_max_s)
@@ -458,7 +462,9 @@ class Worker:
                 model_max_batch_size=spec.max_batch_size,
             )
             self.max_batch_size = spec.max_batch_size
-            self._batcher = MicroBatcher(spec.max_batch_size, self._batcher.max_wait_s)
+            self._batcher = MicroBatcher(
+                self._batcher.max_size, self._batcher.max_wait_s, full_size=spec.max_batch_size
+            )
         self._log.info(
             "model ready", model=spec.name, max_batch_size=self.max_batch_size, labels=labels
         )
@@ -536,7 +542,7 @@ class Worker:
         """Pause while backing off or while the backlog is full; resume otherwise."""
         assert self._source is not None
         backlog = len(self._batcher) + sum(len(b) for b in self._retry)
-        full = backlog >= self.max_batch_size * (self.settings.max_in_flight_batches + 1)
+        full = backlog >= self._batcher.max_size * (self.settings.max_in_flight_batches + 1)
         if self._retry_at is not None or full:
             self._source.pause_all()  # also pauses partitions assigned since
         elif self._source.paused:
@@ -601,16 +607,18 @@ class Worker:
 
     def _send(self, batch: MicroBatch) -> None:
         assert self._tokenizer is not None and self._executor is not None
-        encoded = self._tokenizer.encode(batch.texts)
-        future = self._executor.submit(self._infer, encoded)
+        planned = self._tokenizer.plan(batch.texts, self.max_batch_size)
+        future = self._executor.submit(self._infer, planned)
         self._in_flight.append(InFlight(batch, future, time.monotonic()))
         self.metrics.in_flight_batches.set(len(self._in_flight))
 
-    def _infer(self, encoded: EncodedBatch) -> tuple[list[Outcome], str, float]:
+    def _infer(self, planned: PlannedBatch) -> tuple[list[Outcome], str, float]:
         """Runs on an inference thread."""
         assert self._classifier is not None
+        for _, encoded in planned.requests:
+            self.metrics.batch_size.observe(len(encoded))
         started = time.perf_counter()
-        outcomes, version = classify_isolating_rejects(self._classifier.classify, encoded)
+        outcomes, version = classify_planned(self._classifier.classify, planned)
         return outcomes, version, time.perf_counter() - started
 
     def _collect(self) -> None:
@@ -664,7 +672,6 @@ class Worker:
         self, batch: MicroBatch, outcomes: list[Outcome], version: str, seconds: float
     ) -> None:
         assert self._labels is not None
-        self.metrics.batch_size.observe(len(batch))
         self.metrics.inference_latency.observe(seconds)
         model = ModelRef(name=self.settings.model_name, version=version or self._model.version)
         self._model = model

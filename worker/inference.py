@@ -7,7 +7,10 @@ ready or unloaded, deadline, overloaded) is transient. Callers never see a
 ``tritonclient`` or ``grpc`` type.
 
 When a batch is rejected, :func:`classify_isolating_rejects` bisects it so only the
-rejected item is dead-lettered and its batch-mates are still classified.
+rejected item is dead-lettered and its batch-mates are still classified;
+:func:`classify_planned` runs a batch's requests (see :meth:`TweetTokenizer.plan
+<worker.tokenizing.TweetTokenizer.plan>`) that way and puts the outcomes back in the
+batch's order.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from worker.errors import (
     ModelMismatch,
     WorkerError,
 )
-from worker.tokenizing import EncodedBatch
+from worker.tokenizing import EncodedBatch, PlannedBatch
 
 Probabilities = npt.NDArray[np.float32]
 
@@ -294,4 +297,26 @@ def classify_isolating_rejects(
 
     if len(batch):
         run(0, len(batch))
+    return [outcome for outcome in outcomes if outcome is not None], version
+
+
+def classify_planned(
+    classify: Callable[[EncodedBatch], Classified], planned: PlannedBatch
+) -> tuple[list[Outcome], str]:
+    """Classify every request of a planned batch; outcomes in the batch's (arrival) order.
+
+    Each request is classified with :func:`classify_isolating_rejects`, so a rejected text
+    is isolated within its request. Transient errors propagate: the caller retries the
+    whole batch (requests that had succeeded are sent again; results go out only once).
+    """
+    outcomes: list[Outcome | None] = [None] * planned.size
+    version = ""
+    for indices, encoded in planned.requests:
+        answered, answered_version = classify_isolating_rejects(classify, encoded)
+        version = answered_version or version
+        for index, outcome in zip(indices, answered, strict=True):
+            outcomes[index] = outcome
+    missing = [index for index, outcome in enumerate(outcomes) if outcome is None]
+    if missing:
+        raise RuntimeError(f"the plan left texts {missing[:5]} of {planned.size} unclassified")
     return [outcome for outcome in outcomes if outcome is not None], version

@@ -98,13 +98,13 @@ class WorkerMetrics:
         )
         self.batch_size = Histogram(
             "emotion_worker_batch_size",
-            "Tweets per inference batch",
+            "Tweets per inference request",
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.inference_latency = Histogram(
             "emotion_worker_inference_seconds",
-            "Time of one Triton inference call (a whole batch)",
+            "Time to classify one batch (all its Triton requests)",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

@@ -149,9 +149,16 @@ class WorkerSettings(BaseSettings):
     max_sequence_length: int = Field(default=MODEL_MAX_TOKENS, ge=8, le=MODEL_MAX_TOKENS)
     """Tokens per text after truncation (the model's limit is 128)."""
 
-    padding: Literal["dynamic", "fixed"] = "dynamic"
-    """``dynamic`` pads to the longest text in the batch; ``fixed`` always to
-    ``max_sequence_length`` (the original guide's behaviour, for comparison)."""
+    batch_window: int = Field(default=128, ge=1, le=4096)
+    """Most already-polled tweets planned together: a batch leaves once ``max_batch_size``
+    wait (or the oldest waited ``max_batch_wait_ms``) and takes up to this many, cut into
+    requests of at most ``max_batch_size``; results still go out in arrival order."""
+
+    padding: Literal["bucketed", "dynamic", "fixed"] = "bucketed"
+    """``bucketed`` sorts a batch by token length into requests of similar lengths;
+    ``dynamic`` keeps arrival order; both pad each request to its longest text, rounded up
+    to a multiple of 8. ``fixed`` always pads to ``max_sequence_length`` (the original
+    guide's behaviour, for comparison)."""
 
     max_text_bytes: int = Field(default=DEFAULT_MAX_TEXT_BYTES, ge=1, le=10_000_000)
     """Texts longer than this many UTF-8 bytes are dead-lettered (``TextTooLarge``)."""

@@ -320,9 +320,19 @@ def test_poison_goes_to_the_dlq_with_headers_and_is_committed_past(
 
 
 # The INT8 model quantizes activations dynamically, per request: a text's scores move
-# slightly with its batch-mates (and their padding). One text per request, one request at
-# a time (Triton's dynamic batcher would merge concurrent ones) must match onnxruntime to
+# slightly with its batch-mates and with padding (the worker pads every request to a
+# multiple of 8 tokens). One text per request, one request at a time (Triton's dynamic
+# batcher would merge concurrent ones) must match onnxruntime on the same padded input to
 # float precision; batched results stay close.
+AS_THE_WORKER_PADS: dict[str, Any] = {
+    "truncation": True,
+    "max_length": 128,
+    "padding": True,
+    "pad_to_multiple_of": 8,
+    "return_tensors": "np",
+}
+
+
 @pytest.mark.parametrize(("max_batch_size", "tolerance"), [(1, 1e-5), (32, 0.05)])
 def test_results_through_triton_equal_onnxruntime(
     start_worker: Callable[..., Running],
@@ -344,7 +354,7 @@ def test_results_through_triton_equal_onnxruntime(
     labels = layout.read_labels()
     for record in run.outputs.records:
         result = json.loads(record.value)
-        encoded = tokenizer([result["text"]], truncation=True, max_length=128, return_tensors="np")
+        encoded = tokenizer([result["text"]], **AS_THE_WORKER_PADS)
         feeds = {
             "input_ids": encoded["input_ids"].astype(np.int64),
             "attention_mask": encoded["attention_mask"].astype(np.int64),
@@ -354,6 +364,61 @@ def test_results_through_triton_equal_onnxruntime(
         expected = shifted / shifted.sum()
         got = np.array([result["scores"][label] for label in labels])
         np.testing.assert_allclose(got, expected, atol=tolerance)
+
+
+def _metric(body: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(name))
+
+
+def test_length_bucketing_keeps_every_id_in_partition_order(
+    start_worker: Callable[..., Running], tiny_model_repository: Path
+) -> None:
+    """Windows of up to 64 tweets sorted by length into requests of at most 4: requests
+    run out of arrival order, results must still go out once each, in offset order per
+    input partition, each with its own text's scores."""
+    run = start_worker(max_batch_size=4, batch_window=64, padding="bucketed")
+    lengths = ["ok", "lol #{n}", "we hate traffic so much, every single morning " * 4, "meh {n}"]
+    count = 240
+    messages = []
+    for n in range(count):
+        body = {"id": f"t-{n}", "text": f"{lengths[n % 4].format(n=n)} {n}", "seq": n}
+        messages.append((f"user-{n % 7}".encode(), json.dumps(body).encode()))
+    run.produce(messages)
+    run.wait_for(results=count)
+    run.wait_committed_to_end()
+    _, body = run.http("/metrics")
+    run.stop()
+
+    results = [(r.partition, r.offset, json.loads(r.value)) for r in run.outputs.records]
+    assert sorted(r["id"] for _, _, r in results) == sorted(f"t-{n}" for n in range(count))
+    # Per input partition, results leave in offset order (one producer: per output
+    # partition, what was sent first is stored first).
+    sent: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for out_partition, _, result in sorted(results, key=lambda r: (r[0], r[1])):
+        sent[(out_partition, result["source"]["partition"])].append(result["source"]["offset"])
+    assert all(offsets == sorted(offsets) for offsets in sent.values())
+    # Requests never exceeded 4, and batches held several requests (windows were used).
+    requests = _metric(body, "emotion_worker_batch_size_count")
+    batches = _metric(body, "emotion_worker_inference_seconds_count")
+    assert _metric(body, 'emotion_worker_batch_size_bucket{le="4.0"}') == requests
+    assert requests > batches > 0
+
+    layout = ModelLayout(tiny_model_repository)
+    tokenizer = AutoTokenizer.from_pretrained(str(layout.tokenizer_dir))
+    session = ort.InferenceSession(str(layout.onnx), providers=["CPUExecutionProvider"])
+    labels = layout.read_labels()
+    expected = []
+    for _, _, result in results:
+        encoded = tokenizer([result["text"]], **AS_THE_WORKER_PADS)
+        (logits,) = session.run(
+            ["logits"],
+            {name: encoded[name].astype(np.int64) for name in ("input_ids", "attention_mask")},
+        )
+        shifted = np.exp(logits[0] - logits[0].max())
+        expected.append(shifted / shifted.sum())
+    got = np.array([[result["scores"][label] for label in labels] for _, _, result in results])
+    np.testing.assert_allclose(got, expected, atol=0.05)  # INT8: batch-mates move scores a bit
+    assert len({result["label"] for _, _, result in results}) > 1
 
 
 def test_max_batch_size_is_clamped_to_the_models(

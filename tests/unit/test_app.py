@@ -15,13 +15,14 @@ import pytest
 import structlog
 
 from worker.app import Backoff, Worker
+from worker.batching import plan_requests
 from worker.errors import InferenceRejected, InferenceUnavailable, ModelMismatch, RecordTooLarge
 from worker.inference import Classified, ModelSpec, softmax
 from worker.messages import OutboundRecord, SourceRecord
 from worker.observability import configure_logging
 from worker.offsets import Partition
 from worker.settings import WorkerSettings
-from worker.tokenizing import EncodedBatch
+from worker.tokenizing import EncodedBatch, PlannedBatch
 
 LABELS = ["anger", "joy", "optimism", "sadness"]
 POISON_TOKEN = 666
@@ -150,6 +151,16 @@ class FakePublisher:
 
 
 class FakeTokenizer:
+    """Plans like the real one (sorted by length, here the text's), so requests carry the
+    batch's tweets out of arrival order and the worker has to put them back."""
+
+    def plan(self, texts: list[str], max_request_size: int) -> PlannedBatch:
+        requests = plan_requests([len(t) for t in texts], max_request_size, limit=10_000)
+        return PlannedBatch(
+            len(texts),
+            tuple((r.indices, self.encode([texts[i] for i in r.indices])) for r in requests),
+        )
+
     def encode(self, texts: list[str]) -> EncodedBatch:
         ids = np.array(
             [[POISON_TOKEN if "POISON" in t else len(t), 1, 2] for t in texts], dtype=np.int64
@@ -287,6 +298,10 @@ def test_every_tweet_gets_one_result_in_order_and_offsets_are_committed(run_work
         assert offsets == list(range(count))  # published in consumption order
     for output in outputs:
         assert output["id"] == f"p{output['source']['partition']}-{output['source']['offset']}"
+        # Its own scores, not a batch-mate's: FakeClassifier's logits come from the length.
+        length = len(output["text"])
+        expected = softmax(np.array([[length % k for k in (2, 3, 5, 7)]], dtype=np.float32))[0]
+        assert list(output["scores"].values()) == pytest.approx(expected.tolist(), abs=1e-6)
         assert sum(output["scores"].values()) == pytest.approx(1.0, abs=1e-5)
         assert list(output["scores"]) == LABELS
         assert output["label"] in LABELS

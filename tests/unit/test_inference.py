@@ -22,12 +22,13 @@ from worker.inference import (
     Classified,
     TritonClassifier,
     classify_isolating_rejects,
+    classify_planned,
     label_scores,
     parse_model_config,
     softmax,
     translate_error,
 )
-from worker.tokenizing import EncodedBatch
+from worker.tokenizing import EncodedBatch, PlannedBatch
 
 LABELS = ["anger", "joy", "optimism", "sadness"]
 CONFIG = {
@@ -173,6 +174,49 @@ def test_sub_batches_trim_dynamic_padding() -> None:
     assert first.input_ids.tolist() == [[0, 5, 2]]
     fixed = EncodedBatch(ids, mask, fixed_length=True).rows(0, 1)
     assert fixed.tokens == 5
+    ids8 = np.zeros((2, 16), dtype=np.int64)
+    mask8 = np.zeros((2, 16), dtype=np.int64)
+    mask8[0, :3] = 1
+    mask8[1, :16] = 1
+    assert EncodedBatch(ids8, mask8, pad_multiple=8).rows(0, 1).tokens == 8
+
+
+def planned(*groups: tuple[int, ...]) -> PlannedBatch:
+    """Requests carrying the batch's rows in the order given; row i's first token is 100 + i."""
+    size = sum(len(g) for g in groups)
+    requests = []
+    for group in groups:
+        ids = np.array([[100 + i, 1, 2, 3, 4, 5] for i in group], dtype=np.int64)
+        requests.append((group, EncodedBatch(ids, np.ones_like(ids))))
+    return PlannedBatch(size, tuple(requests))
+
+
+def test_planned_outcomes_come_back_in_batch_order() -> None:
+    fake = RejectsRows({105})
+    outcomes, version = classify_planned(fake, planned((3, 0, 5), (1, 4), (2,)))
+    assert version == "1"
+    assert fake.calls[0] == 3 and len(outcomes) == 6
+    for index, outcome in enumerate(outcomes):
+        if index == 5:
+            assert isinstance(outcome, InferenceRejected)  # isolated within its request
+            continue
+        assert isinstance(outcome, np.ndarray)
+        row = np.array([100 + index, 1, 2, 3], dtype=np.float32) / 100
+        assert outcome.tolist() == pytest.approx(softmax(row[None, :])[0].tolist())
+
+
+def test_a_transient_error_in_any_request_fails_the_whole_batch() -> None:
+    calls = 0
+
+    def second_fails(batch: EncodedBatch) -> Classified:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise InferenceUnavailable("StatusCode.UNAVAILABLE", "gone")
+        return RejectsRows(set())(batch)
+
+    with pytest.raises(InferenceUnavailable):
+        classify_planned(second_fails, planned((0,), (1,), (2,)))
 
 
 class FakeResult:

@@ -34,7 +34,8 @@ def test_defaults_match_the_names_other_tools_rely_on() -> None:
     assert (s.model_name, s.model_version) == ("emotion-classifier", "")
     assert s.max_batch_size == 32
     assert s.max_sequence_length == 128
-    assert s.padding == "dynamic"
+    assert s.padding == "bucketed"
+    assert s.batch_window == 128
     assert s.max_in_flight_batches == 2
     assert s.metrics_port == 9100
     assert s.delivery == "at_least_once"
@@ -72,6 +73,7 @@ def test_env_var_with_bad_value_is_named(monkeypatch: pytest.MonkeyPatch) -> Non
     [
         ({"max_sequence_length": 129}, "EMOTION_STREAM_MAX_SEQUENCE_LENGTH"),
         ({"padding": "ragged"}, "EMOTION_STREAM_PADDING"),
+        ({"batch_window": 0}, "EMOTION_STREAM_BATCH_WINDOW"),
         ({"delivery": "exactly-once"}, "EMOTION_STREAM_DELIVERY"),
         ({"max_batch_size": 0}, "EMOTION_STREAM_MAX_BATCH_SIZE"),
         ({"max_in_flight_batches": 0}, "EMOTION_STREAM_MAX_IN_FLIGHT_BATCHES"),
