@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from benchmarks.measure import VariantResult, load_average, process_cpu_seconds
@@ -43,6 +44,9 @@ WARMUP_TWEETS = 64
 POLL_S = 0.05
 WORKER_STOP_TIMEOUT_S = 30.0
 RSS_SAMPLE_S = 1.0
+SOAK_SAMPLE_S = 5.0
+# "Flat": the second half's RSS slope within this (0.2 MiB/min = 12 MiB an hour).
+SOAK_FLAT_MIB_PER_MIN = 0.2
 # A JVM keeps compiling for seconds after Kafka answers, and Triton's stub loads the model:
 # the direct variants would pay for it. Settled = our services use < 10% of a core.
 SETTLE_MAX_CORES = 0.1
@@ -402,3 +406,88 @@ class Pipeline:
                 else [],
             },
         )
+
+    def soak(
+        self, texts: list[str], rate: float, seconds: float, sample_s: float = SOAK_SAMPLE_S
+    ) -> tuple[VariantResult, list[tuple[float, float | None]]]:
+        """Feed ``texts`` (cycled, unique ids) at ``rate``/s for ``seconds``; sample the first
+        worker's RSS every ``sample_s`` from /proc; then wait for every result.
+
+        Returns the phase's result and the RSS curve as ``(seconds since start, MiB)``.
+        """
+        count = max(1, int(rate * seconds))
+        ids = [f"{self.run_id}-soak-{n:07d}" for n in range(count)]
+        curve: list[tuple[float, float | None]] = []
+        load_before = load_average()
+        cpu_before = self.cpu_snapshot()
+        started_wall = time.time()
+        started = time.monotonic()
+        next_sample = started
+        worker = self.workers[0]
+        for index, tweet_id in enumerate(ids):
+            now = time.monotonic()
+            if now >= next_sample:
+                curve.append((round(now - started, 1), worker.rss_mib()))
+                next_sample += sample_s
+            delay = started + index / rate - now
+            if delay > 0:
+                time.sleep(delay)
+            value = json.dumps({"id": tweet_id, "text": texts[index % len(texts)]}).encode()
+            self.producer.send(self.input_topic, key=tweet_id.encode(), value=value)
+        self.producer.flush(timeout=60)
+        wanted = set(ids)
+        deadline = time.monotonic() + max(120.0, count / rate)
+        while self.results.count(wanted) < len(wanted):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"soak: {self.results.count(wanted)}/{len(wanted)} results; worker logs in "
+                    f"{worker.log_path.parent}"
+                )
+            time.sleep(POLL_S)
+        curve.append((round(time.monotonic() - started, 1), worker.rss_mib()))
+        elapsed = time.monotonic() - started
+        cpu_after = self.cpu_snapshot()
+        outcomes = [self.results.outcomes[tweet_id] for tweet_id in ids]
+        result = VariantResult(
+            name="soak",
+            description=f"{seconds:g} s at {rate:.1f} tweets/s, worker RSS every {sample_s:g} s",
+            tweets=count,
+            seconds=max(o.published_ms for o in outcomes) / 1000.0 - started_wall,
+            latencies_s=[max(0.0, (o.published_ms - o.source_ms) / 1000.0) for o in outcomes],
+            load_before=load_before,
+            load_after=load_average(),
+            details={
+                "offered_rate_per_s": round(rate, 2),
+                "cores_used": {
+                    name: round((cpu_after[name] - cpu_before[name]) / elapsed, 2)
+                    for name in cpu_after
+                },
+                "worker_env": self.worker_env,
+            },
+        )
+        return result, curve
+
+
+def rss_verdict(curve: list[tuple[float, float | None]]) -> dict[str, float | int | str]:
+    """Summary of a soak's RSS curve: range, and the least-squares slope over its second half
+    (the first half includes warm-up: allocator pools, tokenizer caches filling)."""
+    points = [(t, r) for t, r in curve if r is not None]
+    if len(points) < 4:
+        return {"verdict": "too few samples"}
+    values = [r for _, r in points]
+    end = points[-1][0]
+    second = [(t, r) for t, r in points if t >= end / 2]
+    if len(second) < 2:
+        second = points[-2:]
+    times = np.asarray([t for t, _ in second]) / 60.0
+    slope = float(np.polyfit(times, np.asarray([r for _, r in second]), 1)[0])
+    return {
+        "samples": len(points),
+        "first_mib": round(values[0], 1),
+        "last_mib": round(values[-1], 1),
+        "min_mib": round(min(values), 1),
+        "max_mib": round(max(values), 1),
+        "max_minus_min_mib": round(max(values) - min(values), 1),
+        "second_half_slope_mib_per_min": round(slope, 3),
+        "verdict": "flat" if abs(slope) <= SOAK_FLAT_MIB_PER_MIN else "growing",
+    }

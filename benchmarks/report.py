@@ -11,6 +11,7 @@ from benchmarks.measure import VariantResult
 TARGET_VS_SEED = 5.0
 TARGET_VS_CEILING = 0.85
 TARGET_P99_HALF_LOAD_MS = 2000.0
+TARGET_FIDELITY = {"INT8": 0.995, "FP32": 1.0}
 
 
 def ratios(results: dict[str, VariantResult]) -> dict[str, Any]:
@@ -37,6 +38,23 @@ def ratios(results: dict[str, VariantResult]) -> dict[str, Any]:
                 "reference_tweets_per_s": round(references[other], 1),
                 "target": f">= {target}" if target else "none (diagnostic)",
                 "met": value >= target if target else None,
+            }
+    compared = results.get("pipeline-b-max")
+    if compared is not None:
+        # The A/B lever (--compare-env): measured seconds apart on the same services.
+        out["pipeline-b/pipeline"] = {
+            "value": round(compared.throughput / pipeline.throughput, 2),
+            "reference_tweets_per_s": round(pipeline.throughput, 1),
+            "target": "none (the lever's effect)",
+            "met": None,
+        }
+        if references.get("seed-baseline"):
+            value = compared.throughput / references["seed-baseline"]
+            out["pipeline-b/seed-baseline"] = {
+                "value": round(value, 2),
+                "reference_tweets_per_s": round(references["seed-baseline"], 1),
+                "target": f">= {TARGET_VS_SEED}",
+                "met": value >= TARGET_VS_SEED,
             }
     half = results.get("pipeline-half")
     if half is not None and half.latencies_s:
@@ -86,12 +104,41 @@ def ratio_lines(computed: dict[str, Any]) -> str:
     )
 
 
+def fidelity_line(entry: dict[str, Any]) -> str:
+    target = TARGET_FIDELITY.get(str(entry["model"]), 1.0)
+    met = entry["agreement"] >= target
+    return (
+        f"fidelity {entry['model']}: worker padding vs fixed-128 labels agree on "
+        f"{entry['agreeing']}/{entry['tweets']} = {100 * entry['agreement']:.2f}% "
+        f"(target >= {100 * target:g}%: {'met' if met else 'NOT met'}); max |logit diff| "
+        f"{entry['max_abs_logit_diff']}, closest disagreement's margin "
+        f"{entry['smallest_margin_of_a_disagreement']}"
+    )
+
+
+def soak_line(summary: dict[str, Any]) -> str:
+    if "first_mib" not in summary:
+        return f"soak: {summary.get('verdict')}"
+    return (
+        f"soak: worker RSS {summary['first_mib']} → {summary['last_mib']} MiB over "
+        f"{summary['samples']} samples; max−min {summary['max_minus_min_mib']} MiB; "
+        f"second-half slope {summary['second_half_slope_mib_per_min']} MiB/min → "
+        f"{summary['verdict']}"
+    )
+
+
 def write_json(path: Path, run: dict[str, Any]) -> None:
     path.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
 
 
-def write_plot(path: Path, results: dict[str, VariantResult], title: str) -> bool:
-    """Throughput bars and latency CDFs; ``False`` when matplotlib is not installed."""
+def write_plot(
+    path: Path,
+    results: dict[str, VariantResult],
+    title: str,
+    rss_curve: list[tuple[float, float | None]] | None = None,
+) -> bool:
+    """Throughput bars, latency CDFs and the soak's RSS curve (if any); ``False`` when
+    matplotlib is not installed."""
     try:
         import matplotlib  # noqa: PLC0415 - the `bench` extra
 
@@ -100,7 +147,9 @@ def write_plot(path: Path, results: dict[str, VariantResult], title: str) -> boo
         import numpy as np  # noqa: PLC0415
     except ImportError:
         return False
-    figure, (bars, cdf) = plt.subplots(1, 2, figsize=(12, 4.5))
+    panels = 3 if rss_curve else 2
+    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5))
+    bars, cdf = axes[0], axes[1]
     names = list(results)
     bars.bar(names, [results[n].throughput for n in names], color="tab:blue")
     for index, name in enumerate(names):
@@ -127,6 +176,14 @@ def write_plot(path: Path, results: dict[str, VariantResult], title: str) -> boo
     cdf.grid(True, which="both", alpha=0.3)
     if cdf.get_lines():  # variants without latencies (the ceilings) draw none
         cdf.legend(fontsize="small")
+    if rss_curve:
+        memory = axes[2]
+        points = [(t / 60.0, r) for t, r in rss_curve if r is not None]
+        memory.plot([t for t, _ in points], [r for _, r in points], marker=".", color="tab:red")
+        memory.set_xlabel("minutes into the soak")
+        memory.set_ylabel("worker RSS (MiB)")
+        memory.set_title("worker memory during the soak")
+        memory.grid(True, alpha=0.3)
     figure.suptitle(title, fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

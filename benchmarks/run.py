@@ -3,12 +3,18 @@
     python -m benchmarks.run                  # the full run (1,421 tweets), about 4 minutes
     python -m benchmarks.run --quick          # a smoke check (96 tweets)
     python -m benchmarks.run --worker-env EMOTION_STREAM_MAX_BATCH_WAIT_MS=50   # a lever
+    python -m benchmarks.run --compare-env EMOTION_STREAM_PADDING=dynamic         # A/B, one run
+    python -m benchmarks.run --variants pipeline --soak-seconds 600               # memory soak
 
 Variants: ``ceiling`` (in-process onnxruntime, batch 32, pad to batch max) and
 ``ceiling-sorted`` (the same, length-sorted in windows of 256), ``seed-baseline`` (the
 original guide's client through our Triton), ``triton-batched`` (batches of 32 through
 Triton, no Kafka: splits the gap), ``pipeline-max`` (Kafka → worker → Triton →
-Kafka at full speed) and ``pipeline-half`` (the same at half of pipeline-max's rate).
+Kafka at full speed) and ``pipeline-half`` (the same at half of pipeline-max's rate);
+``--compare-env`` adds ``pipeline-b-max``/``pipeline-b-half``: a second worker with those
+settings on top, measured right after each of the first's phases; ``--soak-seconds`` adds
+``soak`` (the half rate held that long, worker RSS sampled every 5 s); ``fidelity``
+compares labels of the worker's padding with fixed-128 padding in-process (INT8 and FP32).
 Outputs go to ``benchmarks/out/`` (git-ignored): ``<stamp>.json``, ``<stamp>.png``,
 ``<stamp>/`` (service and worker logs) and ``latest.json``/``latest.png``.
 """
@@ -16,6 +22,7 @@ Outputs go to ``benchmarks/out/`` (git-ignored): ``<stamp>.json``, ``<stamp>.png
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -26,9 +33,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import direct, model, report
+from benchmarks import direct, fidelity, model, report
 from benchmarks.measure import VariantResult, load_average
-from benchmarks.pipeline import Pipeline, services
+from benchmarks.pipeline import Pipeline, rss_verdict, services
 from benchmarks.tweets import load_corpus
 from emotion_stream.layout import DEFAULT_MODEL_NAME
 
@@ -66,6 +73,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="an EMOTION_STREAM_* setting for the workers (repeatable)",
     )
     parser.add_argument(
+        "--compare-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also run pipeline-b: workers with these settings on top (repeatable)",
+    )
+    parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=0.0,
+        help="after the pipeline phases, hold half load this long and sample worker RSS",
+    )
+    parser.add_argument("--soak-rate", type=float, help="tweets/s for the soak (default: half)")
+    parser.add_argument(
         "--triton-threads",
         type=int,
         help="override intra_op_thread_count in the served config (a derived repository)",
@@ -74,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ceiling-threads", type=int, default=2)
     parser.add_argument(
         "--variants",
-        default="ceiling,ceiling-sorted,seed-baseline,triton-batched,pipeline",
+        default="ceiling,ceiling-sorted,seed-baseline,triton-batched,pipeline,fidelity",
         help="comma-separated subset",
     )
     parser.add_argument("--label", default="", help="a name for this run in the outputs")
@@ -123,6 +144,72 @@ def machine() -> dict[str, Any]:
     }
 
 
+def run_pipeline(
+    args: argparse.Namespace,
+    broker: Any,
+    triton: Any,
+    served: Path,
+    logs_dir: Path,
+    texts: list[str],
+    worker_env: dict[str, str],
+    results: dict[str, VariantResult],
+    say: Any,
+) -> tuple[list[tuple[float, float | None]], dict[str, Any]] | None:
+    """pipeline-max and -half (and pipeline-b's, interleaved), then the soak if asked."""
+    compare_env = dict(item.split("=", 1) for item in args.compare_env)
+    with contextlib.ExitStack() as stack:
+        pipelines = {"pipeline": worker_env}
+        if compare_env:
+            pipelines["pipeline-b"] = worker_env | compare_env
+        started: dict[str, Pipeline] = {}
+        for key, env in pipelines.items():
+            say(f"{key}: starting {args.workers} worker(s) {env or ''}")
+            started[key] = stack.enter_context(
+                Pipeline(broker, triton, served, logs_dir, workers=args.workers, worker_env=env)
+            )
+            started[key].start()
+        for key, pipeline in started.items():
+            say(f"{key}-max: every tweet produced at once")
+            full = pipeline.phase("max", texts, rate=None)
+            full.name = f"{key}-max"
+            full.description = "Kafka → worker(s) → Triton → Kafka, all produced at once"
+            results[full.name] = full
+        for key, pipeline in started.items():
+            rate = results[f"{key}-max"].throughput / 2
+            half_count = min(len(texts), max(32, int(rate * HALF_LOAD_MAX_SECONDS)))
+            say(f"{key}-half: {half_count} tweets at {rate:.1f}/s")
+            half = pipeline.phase("half", texts[:half_count], rate=rate)
+            half.name = f"{key}-half"
+            half.description = f"the same at half of {key}-max's rate ({rate:.1f}/s)"
+            results[half.name] = half
+        if args.soak_seconds <= 0:
+            return None
+        rate = args.soak_rate or results["pipeline-max"].throughput / 2
+        say(f"soak: {args.soak_seconds:g} s at {rate:.1f} tweets/s")
+        soak, curve = started["pipeline"].soak(texts, rate, args.soak_seconds)
+        results["soak"] = soak
+        summary = rss_verdict(curve)
+        return curve, summary
+
+
+def run_fidelity(
+    args: argparse.Namespace, repository: Path, texts: list[str], say: Any
+) -> list[dict[str, Any]]:
+    """Labels under the worker's padding against fixed-128, INT8 and FP32."""
+    tokenizer_dir = model.tokenizer_dir(repository)
+    models = [("INT8", model.model_onnx(repository))]
+    if (args.hf_model / "config.json").is_file():
+        fp32_dir = OUT_DIR / "models" / f"fp32-{args.hf_model.resolve().name}"
+        models.append(("FP32", fidelity.ensure_fp32(args.hf_model, fp32_dir, say)))
+    else:
+        say(f"fidelity: no HF model at {args.hf_model} to export FP32 from; INT8 only")
+    measured = []
+    for name, path in models:
+        say(f"fidelity {name}: worker padding (bucketed, windows of 128) vs fixed-128")
+        measured.append(fidelity.measure(name, path, tokenizer_dir, texts).summary())
+    return measured
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -149,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, VariantResult] = {}
     worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    soak_curve: list[tuple[float, float | None]] = []
+    soak_summary: dict[str, Any] = {}
+    fidelity_summary: list[dict[str, Any]] = []
 
     # Services run (idle) during the direct variants too, so every variant shares one
     # machine state; the state folder is this run's own and deleted afterwards.
@@ -188,24 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                     triton.grpc_url, DEFAULT_MODEL_NAME, tokenizer_dir, texts
                 )
             if "pipeline" in variants:
-                say(f"pipeline: starting {args.workers} worker(s) {worker_env or ''}")
-                with Pipeline(
-                    broker, triton, served, logs_dir, workers=args.workers, worker_env=worker_env
-                ) as pipeline:
-                    pipeline.start()
-                    say("pipeline-max: every tweet produced at once")
-                    full = pipeline.phase("max", texts, rate=None)
-                    full.name = "pipeline-max"
-                    full.description = "Kafka → worker(s) → Triton → Kafka, all produced at once"
-                    results["pipeline-max"] = full
-                    rate = full.throughput / 2
-                    half_count = min(len(texts), max(32, int(rate * HALF_LOAD_MAX_SECONDS)))
-                    say(f"pipeline-half: {half_count} tweets at {rate:.1f}/s")
-                    half = pipeline.phase("half", texts[:half_count], rate=rate)
-                    half.name = "pipeline-half"
-                    half.description = f"the same at half of pipeline-max's rate ({rate:.1f}/s)"
-                    results["pipeline-half"] = half
-                    rss_curve = [(round(t, 1), r) for t, r in pipeline.rss]
+                soak = run_pipeline(
+                    args, broker, triton, served, logs_dir, texts, worker_env, results, say
+                )
+                if soak is not None:
+                    soak_curve, soak_summary = soak
             if "ceiling" in variants and "pipeline" in variants:
                 # The machine is shared: a second ceiling after the pipeline brackets it, and
                 # the ratio uses the mean of the two.
@@ -217,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                     intra_op_threads=args.ceiling_threads,
                     name="ceiling-after",
                 )
+            if "fidelity" in variants:
+                fidelity_summary = run_fidelity(args, repository, texts, say)
             for log_file in (broker.log_file, triton.log_file):
                 if log_file.is_file():
                     shutil.copy2(log_file, logs_dir / log_file.name)
@@ -239,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         "worker_env": worker_env,
         "variants": {key: result.summary() for key, result in results.items()},
         "ratios": computed,
-        "worker_rss_mib_curve": locals().get("rss_curve", []),
+        "soak": {"rss_mib_curve": soak_curve, **soak_summary} if soak_curve else None,
+        "fidelity": fidelity_summary,
     }
     json_path = OUT_DIR / f"{name}.json"
     report.write_json(json_path, run)
@@ -249,13 +329,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{run['machine']['cpu']} ×{run['machine']['cores']}, {len(texts)} tweets, "
         f"{stamp}, load {load_average()[0]:.2f}"
     )
-    plotted = report.write_plot(png_path, results, title)
+    plotted = report.write_plot(png_path, results, title, soak_curve)
     if plotted:
         shutil.copy2(png_path, OUT_DIR / "latest.png")
 
     print(report.table(results))
     print()
     print(report.ratio_lines(computed))
+    for entry in fidelity_summary:
+        print(report.fidelity_line(entry))
+    if soak_curve:
+        print(report.soak_line(soak_summary))
     print(f"\nJSON: {json_path}")
     print(f"plot: {png_path}" if plotted else "plot: skipped (pip install -e '.[bench]')")
     print(f"logs: {logs_dir}")
