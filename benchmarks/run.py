@@ -35,7 +35,7 @@ from typing import Any
 
 from benchmarks import direct, fidelity, model, report
 from benchmarks.measure import VariantResult, load_average
-from benchmarks.pipeline import Pipeline, rss_verdict, services
+from benchmarks.pipeline import Pipeline, group_cpu_seconds, rss_verdict, services
 from benchmarks.tweets import load_corpus
 from emotion_stream.layout import DEFAULT_MODEL_NAME
 
@@ -142,6 +142,13 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
     }
+
+
+def triton_cores(result: VariantResult, cpu_seconds: float) -> None:
+    """Record the cores Triton used during a direct variant (its wall time includes the
+    client's warm-up-free timed part only, so this slightly overstates them)."""
+    if result.seconds > 0:
+        result.details["cores_used"] = {"triton": round(cpu_seconds / result.seconds, 2)}
 
 
 def run_pipeline(
@@ -267,16 +274,21 @@ def main(argv: list[str] | None = None) -> int:
                     intra_op_threads=args.ceiling_threads,
                     name="ceiling-sorted",
                 )
+            triton_group = {triton.process.recorded_pid() or -1}
             if "seed-baseline" in variants:
                 say(f"seed baseline: {len(seed_texts)} single requests padded to 128")
+                before = group_cpu_seconds(triton_group)
                 results["seed-baseline"] = direct.run_seed_baseline(
                     triton.grpc_url, DEFAULT_MODEL_NAME, tokenizer_dir, seed_texts
                 )
+                triton_cores(results["seed-baseline"], group_cpu_seconds(triton_group) - before)
             if "triton-batched" in variants:
                 say("triton-batched: batch 32, pad to batch max, 2 in flight, no Kafka")
+                before = group_cpu_seconds(triton_group)
                 results["triton-batched"] = direct.run_triton_batched(
                     triton.grpc_url, DEFAULT_MODEL_NAME, tokenizer_dir, texts
                 )
+                triton_cores(results["triton-batched"], group_cpu_seconds(triton_group) - before)
             if "pipeline" in variants:
                 soak = run_pipeline(
                     args, broker, triton, served, logs_dir, texts, worker_env, results, say
