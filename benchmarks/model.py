@@ -8,6 +8,7 @@ downloaded here); on the tweets it gives 27.4 tokens per tweet against the real 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,16 @@ def model_onnx(repository: Path) -> Path:
 
 def tokenizer_dir(repository: Path) -> Path:
     return repository / DEFAULT_MODEL_NAME / "tokenizer"
+
+
+def exported_from(repository: Path) -> Path | None:
+    """The local model folder the repository was exported from, per its export report."""
+    report = repository / DEFAULT_MODEL_NAME / "export-report.json"
+    try:
+        source = json.loads(report.read_text(encoding="utf-8"))["model"]["id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Path(source) if isinstance(source, str) and source.startswith("/") else None
 
 
 def is_exported(repository: Path) -> bool:

@@ -205,11 +205,15 @@ def run_fidelity(
     """Labels under the worker's padding against fixed-128, INT8 and FP32."""
     tokenizer_dir = model.tokenizer_dir(repository)
     models = [("INT8", model.model_onnx(repository))]
-    if (args.hf_model / "config.json").is_file():
-        fp32_dir = OUT_DIR / "models" / f"fp32-{args.hf_model.resolve().name}"
-        models.append(("FP32", fidelity.ensure_fp32(args.hf_model, fp32_dir, say)))
+    # The FP32 graph comes from the HF model: --hf-model, else the local folder the
+    # repository was exported from (its export report names it).
+    candidates = [args.hf_model, model.exported_from(repository)]
+    hf_dir = next((c for c in candidates if c and (c / "config.json").is_file()), None)
+    if hf_dir is not None:
+        fp32_dir = OUT_DIR / "models" / f"fp32-{hf_dir.resolve().name}"
+        models.append(("FP32", fidelity.ensure_fp32(hf_dir, fp32_dir, say)))
     else:
-        say(f"fidelity: no HF model at {args.hf_model} to export FP32 from; INT8 only")
+        say(f"fidelity: no HF model ({args.hf_model}) to export FP32 from; INT8 only")
     measured = []
     for name, path in models:
         say(f"fidelity {name}: worker padding (bucketed, windows of 128) vs fixed-128")
