@@ -161,8 +161,14 @@ def run_pipeline(
     worker_env: dict[str, str],
     results: dict[str, VariantResult],
     say: Any,
-) -> tuple[list[tuple[float, float | None]], dict[str, Any]] | None:
-    """pipeline-max and -half (and pipeline-b's, interleaved), then the soak if asked."""
+) -> tuple[
+    tuple[list[tuple[float, float | None]], dict[str, Any]] | None,
+    list[tuple[float, list[float | None]]],
+]:
+    """pipeline-max and -half (and pipeline-b's, interleaved), then the soak if asked.
+
+    Returns the soak's RSS curve and verdict (None without a soak) and the first worker's
+    RSS sampled every second during the max and half phases."""
     compare_env = dict(item.split("=", 1) for item in args.compare_env)
     with contextlib.ExitStack() as stack:
         pipelines = {"pipeline": worker_env}
@@ -189,14 +195,14 @@ def run_pipeline(
             half.name = f"{key}-half"
             half.description = f"the same at half of {key}-max's rate ({rate:.1f}/s)"
             results[half.name] = half
+        rss_curve = [(round(t, 1), r) for t, r in started["pipeline"].rss]
         if args.soak_seconds <= 0:
-            return None
+            return None, rss_curve
         rate = args.soak_rate or results["pipeline-max"].throughput / 2
         say(f"soak: {args.soak_seconds:g} s at {rate:.1f} tweets/s")
         soak, curve = started["pipeline"].soak(texts, rate, args.soak_seconds)
         results["soak"] = soak
-        summary = rss_verdict(curve)
-        return curve, summary
+        return (curve, rss_verdict(curve)), rss_curve
 
 
 def run_fidelity(
@@ -248,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, VariantResult] = {}
     worker_env = dict(item.split("=", 1) for item in args.worker_env)
     soak_curve: list[tuple[float, float | None]] = []
+    rss_curve: list[tuple[float, list[float | None]]] = []
     soak_summary: dict[str, Any] = {}
     fidelity_summary: list[dict[str, Any]] = []
 
@@ -294,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 triton_cores(results["triton-batched"], group_cpu_seconds(triton_group) - before)
             if "pipeline" in variants:
-                soak = run_pipeline(
+                soak, rss_curve = run_pipeline(
                     args, broker, triton, served, logs_dir, texts, worker_env, results, say
                 )
                 if soak is not None:
@@ -334,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "worker_env": worker_env,
         "variants": {key: result.summary() for key, result in results.items()},
         "ratios": computed,
+        "worker_rss_mib_curve": rss_curve,
         "soak": {"rss_mib_curve": soak_curve, **soak_summary} if soak_curve else None,
         "fidelity": fidelity_summary,
     }
