@@ -61,6 +61,10 @@ def make_pipeline(
                 "EMOTION_STREAM_TRANSACTIONAL_ID": f"{name}-replica-0",
                 # Several transactions per second: a failpoint's n-th hit comes early.
                 "EMOTION_STREAM_COMMIT_INTERVAL_MS": "200",
+                # Batches of at most 32: the default look-ahead (128) would take the backlog
+                # that builds while the worker starts in two or three batches, so the feed
+                # could end before a failpoint's n-th transaction.
+                "EMOTION_STREAM_BATCH_WINDOW": "32",
                 "EMOTION_STREAM_RETRY_BACKOFF_INITIAL_S": "0.1",
                 "EMOTION_STREAM_RETRY_BACKOFF_MAX_S": "1.0",
             },
