@@ -303,6 +303,9 @@ class Worker:
         self._retry: deque[MicroBatch] = deque()
         self._backoff = Backoff(settings.retry_backoff_initial_s, settings.retry_backoff_max_s)
         self._retry_at: float | None = None
+        # Exactly-once: after an abort, partitions stay paused until this time (the loop
+        # keeps polling meanwhile, so neither liveness nor max.poll.interval runs out).
+        self._reread_at: float | None = None
         """While backing off: when the held batches may be tried again."""
         self._inference_failing = False
         self._model = ModelRef(name=settings.model_name, version=settings.model_version or "?")
@@ -543,7 +546,9 @@ class Worker:
         assert self._source is not None
         backlog = len(self._batcher) + sum(len(b) for b in self._retry)
         full = backlog >= self._batcher.max_size * (self.settings.max_in_flight_batches + 1)
-        if self._retry_at is not None or full:
+        if self._reread_at is not None and time.monotonic() >= self._reread_at:
+            self._reread_at = None
+        if self._retry_at is not None or self._reread_at is not None or full:
             self._source.pause_all()  # also pauses partitions assigned since
         elif self._source.paused:
             self._source.resume_all()
@@ -885,7 +890,10 @@ class Worker:
             retry_in_s=round(delay, 2),
         )
         if delay:
-            self._stop.wait(delay)
+            # Not a sleep: a backoff of up to retry_backoff_max_s (≤ 600 s) would outlast
+            # the liveness timeout and max.poll.interval. Pause and keep polling instead.
+            self._reread_at = time.monotonic() + delay
+            self._flow_control()
         return set(points)
 
     def _drop_waiting(self, partitions: set[Partition]) -> None:
@@ -1026,8 +1034,10 @@ class Worker:
         self._in_flight.clear()
         assert self._publisher is not None
         flushed = self._publisher.flush(FLUSH_TIMEOUT_S)
-        with contextlib.suppress(WorkerError):
+        try:
             self._handle_publish_failures()
+        except WorkerError as exc:  # shutting down anyway; say why less may be committed
+            self._log.warning("publish failure while draining", error=str(exc))
         self._commit(force=True)
         self._log.info(
             "drained",

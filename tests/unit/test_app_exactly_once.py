@@ -219,6 +219,26 @@ def test_a_failed_send_aborts_and_rereads_without_duplicates(run_eos: Any) -> No
     assert not h.dead_letters()
 
 
+def test_the_backoff_after_an_abort_keeps_polling_paused_then_resumes(run_eos: Any) -> None:
+    # A backoff longer than a poll: the loop must not sleep through it (liveness and
+    # max.poll.interval would run out at the configured maximum of 600 s); it pauses the
+    # partitions, keeps polling, and reads again when the backoff is over.
+    out = TransactionalPublisher(fail_commits=1)
+    h = run_eos(
+        {("tweets", 0): tweets(0, 20)},
+        publisher=out,
+        retry_backoff_initial_s=1.0,
+        retry_backoff_max_s=1.0,
+    )
+    wait_for(lambda: out.aborts == 1, "the first commit aborted")
+    wait_for(lambda: h.source.paused_polls >= 20, "polls go on while paused")
+    assert h.worker.health.alive
+    wait_for(lambda: out.committed_offsets() == {("tweets", 0): 20}, "all committed")
+    h.stop()
+    counts = visible_ids(h)
+    assert len(counts) == 20 and set(counts.values()) == {1}
+
+
 def test_a_rejected_commit_aborts_and_rereads_without_duplicates(run_eos: Any) -> None:
     out = TransactionalPublisher(fail_commits=2)
     h = run_eos({("tweets", 0): tweets(0, 30), ("tweets", 1): tweets(1, 12)}, publisher=out)
