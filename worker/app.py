@@ -104,6 +104,9 @@ FLUSH_TIMEOUT_S = 30.0
 # suffices unless sends beget sends (a too-large result re-sent as a dead letter, then
 # slim); past this, the commit waits for the next interval.
 MAX_CUT_ROUNDS = 4
+# On revocation, sends already made get this long to be acknowledged before the commit
+# (kafka-python's I/O thread waits meanwhile; acks=all on a healthy broker takes ms).
+REVOKE_FLUSH_TIMEOUT_S = 10.0
 
 
 # --- the parts a Worker is built from ----------------------------------------------
@@ -803,6 +806,10 @@ class Worker:
         return seeks
 
     def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]:
+        if self._publisher is not None and not self.settings.exactly_once:
+            # Results sent a moment ago are not acknowledged yet: wait for them, or they
+            # stay out of this commit and the next owner classifies them again.
+            self._publisher.flush(REVOKE_FLUSH_TIMEOUT_S)
         complete = {p: o for p, o in self.tracker.committable().items() if p in partitions}
         if self.settings.exactly_once:
             # Offsets are committed only inside a transaction, with their results; the

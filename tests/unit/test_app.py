@@ -126,6 +126,9 @@ class FakePublisher:
         self.sent: list[OutboundRecord] = []
         self.lock = threading.Lock()
         self.max_bytes = max_bytes
+        # When set, acknowledgements wait for flush(), like a broker round trip in progress.
+        self.ack_on_flush = False
+        self.unacknowledged: list[Callable[[BaseException | None], None]] = []
 
     def __enter__(self) -> FakePublisher:
         return self
@@ -140,9 +143,16 @@ class FakePublisher:
             return
         with self.lock:
             self.sent.append(record)
+            if self.ack_on_flush:
+                self.unacknowledged.append(on_done)
+                return
         on_done(None)
 
     def flush(self, timeout_s: float) -> bool:
+        with self.lock:
+            waiting, self.unacknowledged = self.unacknowledged, []
+        for on_done in waiting:
+            on_done(None)
         return True
 
     def on(self, topic: str) -> list[OutboundRecord]:
@@ -449,6 +459,18 @@ def test_revocation_commits_complete_offsets_and_logs_as_json(
     events = [json.loads(line) for line in lines]
     assert any(e["event"] == "partitions revoked" for e in events)
     assert any(e["event"] == "batch" and e["level"] == "debug" for e in events)
+
+
+def test_revocation_commits_results_sent_but_not_yet_acknowledged(run_worker: Any) -> None:
+    # A rebalance right after a publish: the acks are still on their way. Leaving those
+    # offsets out of the revocation commit would make the next owner classify them again.
+    h = run_worker({("tweets", 0): tweets(0, 10)})
+    h.publisher.ack_on_flush = True
+    wait_for(lambda: len(h.outputs()) == 10, "10 results sent")
+    assert h.worker.tracker.committable() == {}, "nothing acknowledged yet"
+    complete = h.source.revoke(h.worker, ("tweets", 0))
+    assert complete == {("tweets", 0): 10}
+    h.stop()
 
 
 def test_records_too_large_for_the_broker_are_dead_lettered_not_fatal(run_worker: Any) -> None:
