@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,10 @@ PARAM_INTRA_OP_THREADS = "intra_op_thread_count"
 PARAM_INTER_OP_THREADS = "inter_op_thread_count"
 PARAM_VOCAB_SIZE = "vocab_size"
 PARAM_MAX_SEQUENCE_LENGTH = "max_sequence_length"
+# Fault injection for tests only (the exporter never writes it, Triton's onnxruntime backend
+# has no such thing): every execute() waits this long first, a model slower than the
+# consumer's max.poll.interval without a model that big (tests/support/fault_services.py).
+PARAM_EXECUTE_DELAY_MS = "twin_execute_delay_ms"
 
 # Tensor names, the same as emotion_stream.layout (this file runs inside Triton and must
 # not import the project).
@@ -179,6 +184,7 @@ class TritonPythonModel:
         config: dict[str, Any] = json.loads(args["model_config"])
         parameters = _parameters(config)
         self.limits = InputLimits.from_parameters(parameters)
+        self.execute_delay_s = float(parameters.get(PARAM_EXECUTE_DELAY_MS) or 0) / 1000
         self.input_names = [entry["name"] for entry in config["input"]]
         self.output_names = [entry["name"] for entry in config["output"]]
         options = ort.SessionOptions()
@@ -196,6 +202,8 @@ class TritonPythonModel:
         Requests that dynamic batching delivered together run as one onnxruntime batch
         when their shapes agree (Triton only merges equal shapes unless told otherwise).
         """
+        if self.execute_delay_s > 0:
+            time.sleep(self.execute_delay_s)  # the injected slowness, see PARAM_EXECUTE_DELAY_MS
         responses: list[Any] = [None] * len(requests)
         accepted: list[tuple[int, Feeds]] = []
         for index, request in enumerate(requests):
