@@ -9,7 +9,11 @@ SIGTERMed and restarted, with the exit code and the log of each run. The harness
   each run logging to its own file;
 - seeds tweets with unique ids (all at once, or paced from a background thread so
   that a fault lands mid-stream);
-- reads back every result and dead letter, and the group's committed offsets.
+- seeds raw records too (poison: any key, value and headers);
+- reads back every result and dead letter (``read_committed``), and the group's committed
+  offsets, and checks the invariants a fault must not break (:meth:`Pipeline.settle`,
+  :func:`check_delivery`, :func:`check_dead_letter`): no id lost, duplicates within a
+  bound (or none), every dead letter with its context headers.
 
 Every wait polls against a deadline; nothing sleeps for a fixed time. Only processes
 started here are ever signalled, by their own ``Popen`` handle.
@@ -36,11 +40,19 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
+from worker.messages import DLQ_HEADERS, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION
+
 POLL_INTERVAL_S = 0.1
 # Worker start-up imports the tokenizer stack and loads the tokenizer: seconds on an
 # idle machine, more on a shared 2-core one.
 WORKER_START_TIMEOUT_S = 90.0
 LOG_TAIL_LINES = 40
+# The test producer may send records up to the broker's own limit (message.max.bytes,
+# 1 MB + 12 bytes by default); the client's default cap (1 MiB) would refuse some first.
+TEST_PRODUCER_MAX_REQUEST_BYTES = 2 * 1024 * 1024
+# A topic has been read to its end once a poll finds nothing new this many times in a row
+# with every partition at its end offset.
+QUIET_POLLS = 3
 
 
 def wait_until(
@@ -156,6 +168,43 @@ class WorkerRun:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The JSON log lines (``event`` == ``name`` if given), in order."""
+        found = []
+        for line in self.log().splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and (name is None or event.get("event") == name):
+                found.append(event)
+        return found
+
+    def rebalances(self) -> int:
+        """How many times partitions were assigned to this worker (1 = joined once).
+
+        Assignments of nothing do not count: a worker that subscribes before its topic's
+        metadata is known joins with no partitions first, then at once with them.
+        """
+        return sum(1 for event in self.events("partitions assigned") if event.get("partitions"))
+
+    def partitions_taken_away(self) -> list[dict[str, Any]]:
+        """Revocations and losses of partitions it held (a rebalance or an eviction)."""
+        return [
+            event
+            for event in self.events()
+            if event.get("event") in {"partitions revoked", "partitions lost"}
+            and event.get("partitions")
+        ]
+
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes (no heartbeats, no polls) until :meth:`resume`."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        self.process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: no flush, no commit — the crash the at-least-once promise is about."""
         if self.alive():
@@ -205,6 +254,29 @@ class TopicReader:
         new = [record for batch in batches.values() for record in batch]
         self.records.extend(new)
         return len(new)
+
+    def at_end(self) -> bool:
+        """Whether every partition has been read up to its current end offset.
+
+        With read_committed the end is the last stable offset: an open transaction's
+        records are not counted as readable yet (the broker holds them back).
+        """
+        consumer = self._ensure()
+        partitions = list(consumer.assignment())
+        ends = consumer.end_offsets(partitions)
+        return all(consumer.position(tp) >= int(ends[tp]) for tp in partitions)
+
+    def drain(self, timeout_s: float) -> list[Any]:
+        """Read until the topic's end (and nothing new for a few polls); every record."""
+        quiet = 0
+
+        def drained() -> bool:
+            nonlocal quiet
+            quiet = quiet + 1 if self.poll() == 0 and self.at_end() else 0
+            return quiet >= QUIET_POLLS
+
+        wait_until(drained, timeout_s, f"{self.topic} not read to its end")
+        return self.records
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -256,6 +328,7 @@ class Pipeline:
         workdir: Path,
         partitions: int = 1,
         worker_env: dict[str, str] | None = None,
+        create_topics: bool = True,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.triton_url = triton_url
@@ -271,26 +344,33 @@ class Pipeline:
         self.runs: list[WorkerRun] = []
         self.seeded: list[str] = []
         self._send_lock = threading.Lock()
-        self._create_topics()
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
+        if create_topics:
+            self.create_topics(self.input_topic, self.output_topic, self.dlq_topic)
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            acks="all",
+            max_request_size=TEST_PRODUCER_MAX_REQUEST_BYTES,
+        )
         self.results = TopicReader(bootstrap_servers, self.output_topic)
         self.dead_letters = TopicReader(bootstrap_servers, self.dlq_topic)
 
     # --- topics and offsets ----------------------------------------------------
-    def _create_topics(self) -> None:
+    def create_topics(self, *topics: str, replication_factor: int = 1) -> None:
+        """Create some of this pipeline's topics (the DLQ has one partition, the others
+        ``partitions``); a fault test may create one late, to make it appear mid-run."""
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
         try:
             admin.create_topics(
                 {
-                    self.input_topic: {"num_partitions": self.partitions, "replication_factor": 1},
-                    self.output_topic: {"num_partitions": self.partitions, "replication_factor": 1},
-                    self.dlq_topic: {"num_partitions": 1, "replication_factor": 1},
+                    topic: {
+                        "num_partitions": 1 if topic == self.dlq_topic else self.partitions,
+                        "replication_factor": replication_factor,
+                    }
+                    for topic in topics
                 },
                 wait_for_metadata=True,
             )
-            admin.wait_for_topics(
-                [self.input_topic, self.output_topic, self.dlq_topic], timeout_ms=30_000
-            )
+            admin.wait_for_topics(list(topics), timeout_ms=30_000)
         finally:
             admin.close()
 
@@ -388,6 +468,17 @@ class Pipeline:
         self.producer.flush(timeout=60)
         return ids
 
+    def send_raw(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Send one record as given (poison, extreme text); wait for the broker's ack."""
+        with self._send_lock:
+            self.producer.send(self.input_topic, key=key, value=value, headers=headers or [])
+        self.producer.flush(timeout=60)
+
     def feed(self, count: int, rate: float, first: int = 0) -> Feeder:
         """Send tweets at ``rate``/s from a background thread (faults land mid-stream)."""
         feeder = Feeder(self, first, count, rate)
@@ -457,6 +548,17 @@ class Pipeline:
             lambda: f"{len(self.results.records)} of {count} results\n{self.describe()}",
         )
 
+    def settle(self, timeout_s: float) -> None:
+        """Wait until the group has committed every input record, then read the output
+        and DLQ topics to their ends: nothing more will come unless a fault redoes work."""
+        wait_until(
+            lambda: self.committed_offsets() == self.end_offsets(),
+            timeout_s,
+            lambda: f"the group never committed to the end\n{self.describe()}",
+        )
+        self.results.drain(timeout_s)
+        self.dead_letters.drain(timeout_s)
+
     def describe(self) -> str:
         """What a failing test should show: counts, offsets and each worker's log tail."""
         parts = [
@@ -480,6 +582,98 @@ def duplicates(counts: Counter[str]) -> dict[str, int]:
     return {tweet_id: n for tweet_id, n in counts.items() if n > 1}
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """What came out for the ids a test seeded (see :func:`check_delivery`)."""
+
+    expected: int
+    results: int
+    duplicated_ids: int
+    extra_results: int
+    dead_letters: int
+
+    def line(self, label: str) -> str:
+        return (
+            f"[{label}] {self.expected} ids, {self.results} results, {self.duplicated_ids} ids "
+            f"duplicated ({self.extra_results} extra results), {self.dead_letters} dead letters"
+        )
+
+
+def check_delivery(
+    pipeline: Pipeline,
+    ids: list[str],
+    *,
+    max_extra_results: int,
+    dead_letters: int | None = 0,
+    label: str = "delivery",
+) -> Delivery:
+    """Assert the at-least-once invariants on what the pipeline has read so far.
+
+    Every id in ``ids`` has a result (none lost); results beyond one per id number at
+    most ``max_extra_results`` (0: exactly once); no result names an id that was never
+    seeded; exactly ``dead_letters`` dead letters (``None``: not checked here). Call after
+    :meth:`Pipeline.settle`.
+    """
+    counts = Counter(str(json.loads(record.value)["id"]) for record in pipeline.results.records)
+    lost = sorted(set(ids) - counts.keys())
+    assert not lost, f"{len(lost)} ids lost, e.g. {lost[:10]}\n{pipeline.describe()}"
+    strangers = sorted(counts.keys() - set(ids))
+    assert not strangers, f"results for ids never seeded: {strangers[:10]}"
+    extra = duplicates(counts)
+    report = Delivery(
+        expected=len(ids),
+        results=sum(counts.values()),
+        duplicated_ids=len(extra),
+        extra_results=sum(extra.values()) - len(extra),
+        dead_letters=len(pipeline.dead_letters.records),
+    )
+    print("\n" + report.line(label))
+    assert report.extra_results <= max_extra_results, (
+        f"{report.extra_results} duplicate results (at most {max_extra_results} allowed): "
+        f"{_duplicate_details(pipeline, extra)}\n{pipeline.describe()}"
+    )
+    assert dead_letters is None or report.dead_letters == dead_letters, (
+        f"{report.dead_letters} dead letters, expected {dead_letters}\n{pipeline.describe()}"
+    )
+    return report
+
+
+def _duplicate_details(pipeline: Pipeline, extra: dict[str, int]) -> str:
+    """For a few duplicated ids: each result's source offset and processing time."""
+    wanted = set(sorted(extra)[:8])
+    lines = []
+    for record in pipeline.results.records:
+        result = json.loads(record.value)
+        if str(result["id"]) in wanted:
+            source = result["source"]
+            lines.append(
+                f"{result['id']}: input {source['partition']}:{source['offset']} "
+                f"processed {result['processed_at']} (output {record.partition}:{record.offset})"
+            )
+    return "\n".join(sorted(lines))
+
+
+def dead_letter_headers(record: Any) -> dict[str, bytes]:
+    """A dead letter's headers by name (the last one wins, as the ``dlq.*`` ones come last)."""
+    return {str(name): bytes(value or b"") for name, value in record.headers or ()}
+
+
+def check_dead_letter(
+    record: Any, *, error_class: str, source_topic: str, source: tuple[int, int] | None = None
+) -> dict[str, bytes]:
+    """Assert a dead letter carries every context header, the expected class and source."""
+    headers = dead_letter_headers(record)
+    missing = [name for name in DLQ_HEADERS if name not in headers]
+    assert not missing, f"dead letter without {missing}: {sorted(headers)}"
+    assert headers["dlq.error.class"].decode() == error_class, headers["dlq.error.message"]
+    assert headers["dlq.error.message"], "a dead letter must say why"
+    assert headers["dlq.source.topic"].decode() == source_topic
+    if source is not None:
+        where = (int(headers[DLQ_SOURCE_PARTITION]), int(headers[DLQ_SOURCE_OFFSET]))
+        assert where == source, f"dead letter names {where}, the record was at {source}"
+    return headers
+
+
 @contextlib.contextmanager
 def running_pipeline(**kwargs: Any) -> Iterator[Pipeline]:
     """A :class:`Pipeline` whose workers are killed and clients closed on exit."""
@@ -488,3 +682,61 @@ def running_pipeline(**kwargs: Any) -> Iterator[Pipeline]:
         yield pipeline
     finally:
         pipeline.close()
+
+
+# Short backoff so that recovery after an outage is quick to observe.
+FAST_RETRY = {
+    "EMOTION_STREAM_RETRY_BACKOFF_INITIAL_S": "0.1",
+    "EMOTION_STREAM_RETRY_BACKOFF_MAX_S": "1.0",
+}
+
+
+class PipelineFactory:
+    """Builds :class:`Pipeline` objects for one test and closes them all afterwards."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        triton_url: str,
+        model_repository: Path,
+        unique_name: Callable[[str], str],
+        workdir: Path,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.triton_url = triton_url
+        self.model_repository = model_repository
+        self.unique_name = unique_name
+        self.workdir = workdir
+        self.built: list[Pipeline] = []
+
+    def __call__(
+        self,
+        *,
+        partitions: int = 1,
+        bootstrap_servers: str | None = None,
+        triton_url: str | None = None,
+        create_topics: bool = True,
+        **worker_env: str,
+    ) -> Pipeline:
+        """A pipeline on the given (default: the factory's) broker and Triton; ``worker_env``
+        adds ``EMOTION_STREAM_*`` settings for its workers (fast retries by default)."""
+        name = self.unique_name("fm")
+        workdir = self.workdir / name
+        workdir.mkdir(parents=True)
+        pipeline = Pipeline(
+            bootstrap_servers=bootstrap_servers or self.bootstrap_servers,
+            triton_url=triton_url or self.triton_url,
+            model_repository=self.model_repository,
+            name=name,
+            workdir=workdir,
+            partitions=partitions,
+            worker_env={**FAST_RETRY, **worker_env},
+            create_topics=create_topics,
+        )
+        self.built.append(pipeline)
+        return pipeline
+
+    def close(self) -> None:
+        for pipeline in self.built:
+            pipeline.close()

@@ -1,0 +1,196 @@
+"""Fault matrix, worker rows: what happens to the worker processes themselves.
+
+Each test runs ``emotion-stream worker`` subprocesses (:mod:`tests.support.pipeline`)
+against the real Kafka broker and the real Triton server (tiny exported model), seeds
+tweets with unique ids while the fault happens, lets the group settle (every input
+offset committed), reads results and dead letters back with a ``read_committed``
+consumer and checks the invariants: no id lost, duplicates within the row's bound.
+
+Rows (README "Guarantees"): SIGTERM rolling restart; replicas 1 → 3 → 1 while
+producing; SIGKILL mid-stream; SIGSTOP past the session timeout then SIGCONT (zombie).
+Every wait is bounded; the bounds are the constants below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.pipeline import (
+    WORKER_START_TIMEOUT_S,
+    Pipeline,
+    PipelineFactory,
+    WorkerRun,
+    check_delivery,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WARM_UP = 20  # tweets classified before the fault: the workers are known to be running
+FEED = 600
+# tweets/s: the feed lasts 30 s, long enough for worker start-ups (seconds each on a
+# loaded machine) and the faults to land inside it.
+FEED_RATE = 20.0
+RESULTS_TIMEOUT_S = 180.0
+EXIT_TIMEOUT_S = 60.0
+SETTLE_TIMEOUT_S = 120.0
+# kafka-python's default session.timeout.ms (the worker does not change it): a member
+# silent for longer is evicted and its partitions handed to the others.
+SESSION_TIMEOUT_S = 45.0
+
+
+@pytest.fixture
+def make_pipeline(
+    kafka_broker: Any,
+    triton_server: Any,
+    tiny_model_repository: Path,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> Iterator[PipelineFactory]:
+    factory = PipelineFactory(
+        bootstrap_servers=kafka_broker.bootstrap_servers,
+        triton_url=triton_server.grpc_url,
+        model_repository=tiny_model_repository,
+        unique_name=unique_name,
+        workdir=tmp_path,
+    )
+    yield factory
+    factory.close()
+
+
+def _warm_up(pipeline: Pipeline) -> list[str]:
+    """Seed a few tweets and wait for their results: the group is up and consuming."""
+    ids = pipeline.seed(WARM_UP, first=FEED)  # numbered after the feed, never clashing
+    pipeline.wait_for_results(ids, RESULTS_TIMEOUT_S)
+    return ids
+
+
+def _wait_holding(pipeline: Pipeline, workers: list[WorkerRun]) -> None:
+    """Until each of ``workers`` holds at least one partition (the group has settled)."""
+    wait_until(
+        lambda: all(worker.assigned_partitions() for worker in workers),
+        WORKER_START_TIMEOUT_S,
+        lambda: f"not every worker got partitions\n{pipeline.describe()}",
+    )
+
+
+def _stop_politely(pipeline: Pipeline, worker: WorkerRun) -> None:
+    worker.terminate()
+    assert worker.wait(EXIT_TIMEOUT_S) == 0, worker.log_tail()
+
+
+def test_sigterm_rolling_restart_makes_no_duplicates(make_pipeline: PipelineFactory) -> None:
+    """Two replicas replaced one at a time (start the new one, SIGTERM the old one) while
+    tweets arrive: every stop commits what it published, so nothing is classified twice."""
+    pipeline = make_pipeline(partitions=3, EMOTION_STREAM_COMMIT_INTERVAL_MS="200")
+    old = [pipeline.start_worker(), pipeline.start_worker()]
+    _wait_holding(pipeline, old)
+    warm = _warm_up(pipeline)
+
+    feeder = pipeline.feed(FEED, FEED_RATE)
+    pipeline.wait_for_result_count(WARM_UP + FEED // 6, RESULTS_TIMEOUT_S)
+    for retiring in old:
+        replacement = pipeline.start_worker()
+        _wait_holding(pipeline, [replacement])
+        _stop_politely(pipeline, retiring)
+    assert feeder.sent < FEED, "the restarts came after the feed"
+
+    feeder.finish()
+    pipeline.settle(SETTLE_TIMEOUT_S)
+    check_delivery(pipeline, warm + feeder.ids, max_extra_results=0, label="rolling-restart")
+    assert all(run.alive() for run in pipeline.runs[2:]), pipeline.describe()
+
+
+def test_replicas_one_to_three_to_one_while_producing_loses_nothing(
+    make_pipeline: PipelineFactory,
+) -> None:
+    """Scale out to three replicas and back to one (SIGTERM) in the middle of a feed."""
+    pipeline = make_pipeline(partitions=3, EMOTION_STREAM_COMMIT_INTERVAL_MS="200")
+    first = pipeline.start_worker()
+    warm = _warm_up(pipeline)
+
+    feeder = pipeline.feed(FEED, FEED_RATE)
+    pipeline.wait_for_result_count(WARM_UP + FEED // 6, RESULTS_TIMEOUT_S)
+    added = [pipeline.start_worker(), pipeline.start_worker()]
+    group = [first, *added]
+    _wait_holding(pipeline, group)
+    # Each of the three owns one partition now: all of them classify part of the feed.
+    wait_until(
+        lambda: all(w.metric("emotion_worker_consumed_total") > 0 for w in group),
+        RESULTS_TIMEOUT_S,
+        lambda: f"not all three replicas consumed\n{pipeline.describe()}",
+    )
+    for worker in added:
+        _stop_politely(pipeline, worker)
+    assert feeder.sent < FEED, "the scaling came after the feed"
+
+    feeder.finish()
+    pipeline.settle(SETTLE_TIMEOUT_S)
+    check_delivery(pipeline, warm + feeder.ids, max_extra_results=0, label="scale-1-3-1")
+    assert first.alive(), first.log_tail()
+    assert first.assigned_partitions() == {0, 1, 2}, first.log_tail()
+
+
+def test_sigkill_mid_stream_then_restart_loses_nothing(make_pipeline: PipelineFactory) -> None:
+    """A crash at an arbitrary point: whatever was consumed since the last commit is
+    classified again by the restarted worker (at-least-once), nothing is lost."""
+    pipeline = make_pipeline(partitions=3)
+    first = pipeline.start_worker()
+    warm = _warm_up(pipeline)
+
+    feeder = pipeline.feed(FEED, FEED_RATE)
+    pipeline.wait_for_result_count(WARM_UP + FEED // 4, RESULTS_TIMEOUT_S)
+    first.kill()
+    assert first.process.returncode == -9
+    assert feeder.sent < FEED, "the kill came after the feed"
+
+    pipeline.start_worker()
+    feeder.finish()
+    pipeline.settle(SETTLE_TIMEOUT_S)
+    # Redone at most: what was published but not yet committed (one commit interval of
+    # results, 1 s by default) plus what was in flight; the feed itself bounds it here.
+    report = check_delivery(pipeline, warm + feeder.ids, max_extra_results=FEED, label="sigkill")
+    assert report.dead_letters == 0
+
+
+def test_zombie_worker_stopped_past_the_session_timeout_rejoins_without_loss(
+    make_pipeline: PipelineFactory,
+) -> None:
+    """SIGSTOP one of two replicas for longer than the session timeout: the group evicts it
+    and the other takes its partitions over. After SIGCONT the zombie learns that it lost
+    them (its commits would be rejected), drops their work and rejoins: no loss, no crash."""
+    pipeline = make_pipeline(partitions=3, EMOTION_STREAM_COMMIT_INTERVAL_MS="200")
+    zombie, survivor = pipeline.start_worker(), pipeline.start_worker()
+    _wait_holding(pipeline, [zombie, survivor])
+    warm = _warm_up(pipeline)
+
+    feeder = pipeline.feed(FEED, FEED_RATE / 3)  # 90 s: the eviction happens mid-feed
+    pipeline.wait_for_result_count(WARM_UP + FEED // 10, RESULTS_TIMEOUT_S)
+    zombie.pause()
+    try:
+        wait_until(
+            lambda: survivor.assigned_partitions() == {0, 1, 2},
+            SESSION_TIMEOUT_S + RESULTS_TIMEOUT_S,
+            lambda: f"the survivor never took every partition over\n{pipeline.describe()}",
+        )
+    finally:
+        zombie.resume()
+
+    # Back from the dead: it finds out it lost the partitions, and the group rebalances
+    # again with both of them in it.
+    wait_until(
+        lambda: bool(zombie.events("partitions lost") or zombie.events("partitions revoked")),
+        RESULTS_TIMEOUT_S,
+        lambda: f"the zombie never noticed it lost its partitions\n{zombie.log_tail()}",
+    )
+    _wait_holding(pipeline, [zombie, survivor])
+    feeder.finish()
+    pipeline.settle(SETTLE_TIMEOUT_S)
+    check_delivery(pipeline, warm + feeder.ids, max_extra_results=FEED, label="zombie")
+    assert zombie.alive() and survivor.alive(), pipeline.describe()
+    # No crash loop and no rebalance storm: a handful of assignments, not dozens.
+    assert zombie.rebalances() <= 4 and survivor.rebalances() <= 4, pipeline.describe()
