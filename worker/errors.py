@@ -80,6 +80,13 @@ class InvalidUtf8(PoisonMessage):
         super().__init__(f"value is not valid UTF-8: {reason}")
 
 
+class MalformedJson(PoisonMessage):
+    """The value starts like a JSON object (``{"``) but does not parse."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"value looks like a JSON object but does not parse: {reason}")
+
+
 class MissingText(PoisonMessage):
     """A JSON object without a ``text`` field."""
 

@@ -8,11 +8,14 @@ copy of what a consumed record carried, :func:`decode` turns it into an
 Input (``Tweet``) — a JSON object with ``text`` and optionally ``id``; other fields are
 carried through as ``meta``. A value that is not JSON but valid non-empty UTF-8 is the
 text itself, and so is a JSON string (``"hello"``) or any other non-object JSON value.
+A value that starts like a JSON object (``{"``) but does not parse is poison
+(:class:`~worker.errors.MalformedJson`), not text: a broken producer's output, not a tweet.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +26,7 @@ from worker.errors import (
     EmptyText,
     InvalidTweet,
     InvalidUtf8,
+    MalformedJson,
     MissingText,
     NullValue,
     PoisonMessage,
@@ -54,6 +58,9 @@ DLQ_HEADERS = (
 )
 # An error message is context, not payload: keep headers small whatever the error says.
 MAX_ERROR_MESSAGE_BYTES = 1000
+# A JSON object's start: an opening brace and the quote of its first key. Plain text
+# rarely starts so; a truncated or garbled JSON object always does.
+_JSON_OBJECT_START = re.compile(r'\s*\{\s*"')
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ def decode(record: SourceRecord, *, max_text_bytes: int) -> InboundTweet:
 
     Raises
     ------
-    NullValue, InvalidUtf8, MissingText, InvalidTweet, EmptyText, TextTooLarge
+    NullValue, InvalidUtf8, MalformedJson, MissingText, InvalidTweet, EmptyText, TextTooLarge
     """
     if record.value is None:
         raise NullValue()
@@ -140,7 +147,9 @@ def _parse(raw: str) -> tuple[str, str | None, dict[str, Any]]:
     """(text, id or None, meta) from a value that may or may not be JSON."""
     try:
         parsed = json.loads(raw)
-    except ValueError:
+    except ValueError as exc:
+        if _JSON_OBJECT_START.match(raw):
+            raise MalformedJson(str(exc)) from None
         return raw, None, {}
     if isinstance(parsed, str):
         return parsed, None, {}

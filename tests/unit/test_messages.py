@@ -11,6 +11,7 @@ from worker.errors import (
     EmptyText,
     InvalidTweet,
     InvalidUtf8,
+    MalformedJson,
     MissingText,
     NullValue,
     PoisonMessage,
@@ -71,6 +72,8 @@ def test_json_string_value_is_the_text() -> None:
 
 def test_non_object_json_is_taken_literally() -> None:
     assert decode(record(b"42"), max_text_bytes=CAP).text == "42"
+    # Braces that do not open a JSON object's first key are text, not a broken object.
+    assert decode(record(b"{sigh} mondays"), max_text_bytes=CAP).text == "{sigh} mondays"
     assert decode(record(b"[1, 2]"), max_text_bytes=CAP).text == "[1, 2]"
 
 
@@ -84,6 +87,8 @@ def test_non_object_json_is_taken_literally() -> None:
         (b'"  "', EmptyText),
         (b'{"text": " "}', EmptyText),
         (b'{"id": "1", "body": "no text"}', MissingText),
+        (b'{"id": "1", "text": "cut off', MalformedJson),
+        (b'  { "text": "x",}', MalformedJson),
         (b'{"text": 5}', InvalidTweet),
         (b'{"text": null}', InvalidTweet),
         (b'{"text": "ok", "id": {"a": 1}}', InvalidTweet),
