@@ -1,8 +1,8 @@
 """The Worker in-process (a thread) against the real Kafka broker and the real Triton server.
 
 Each test gets its own topics and consumer group; every wait polls against a deadline.
-The subprocess-level fault tests (SIGKILL, SIGTERM, two workers, Triton restart) live in
-``test_worker_faults.py``.
+The subprocess-level fault tests (crashes, restarts, scaling, service outages, poison and
+extreme messages) are the fault matrix, ``test_fault_matrix_*.py``.
 """
 
 from __future__ import annotations

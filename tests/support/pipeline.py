@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CoordinatorNotAvailableError, NotCoordinatorError
 
 from worker.messages import DLQ_HEADERS, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION
 
@@ -391,6 +392,8 @@ class Pipeline:
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
         try:
             offsets = admin.list_group_offsets({self.group: self.input_partitions()})
+        except (CoordinatorNotAvailableError, NotCoordinatorError):
+            return {}  # the group has no coordinator yet (nothing committed, ever)
         finally:
             admin.close()
         committed = offsets.get(self.group, {})

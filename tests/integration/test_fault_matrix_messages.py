@@ -1,0 +1,211 @@
+"""Fault matrix, message rows: what the input topic may hold besides well-formed tweets.
+
+Each test seeds records on the real broker, runs ``emotion-stream worker`` as a
+subprocess against the real Triton server (tiny exported model), lets the group commit
+to the end of the input, and reads results and dead letters back ``read_committed``.
+
+Rows (README "Guarantees"):
+
+- every poison kind in one batch with good tweets: each dead-lettered with its context
+  headers and its original key, value and headers; its batch-mates classified;
+- records near the broker's 1 MB limit: a poison record whose dead letter would be over
+  the limit is dead-lettered *slim* (no original value or headers, ``dlq.original.dropped``);
+  a good tweet with huge headers is classified (headers are not carried to results);
+- valid but extreme text (10k emoji, right-to-left scripts, zero-width characters, a bare
+  JSON string, text at the size cap): classified, truncated to the model's 128 tokens,
+  never dead-lettered.
+
+Bounded: results within ``SETTLE_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka.record.default_records import DefaultRecordBatchBuilder
+from transformers import AutoTokenizer
+
+from emotion_stream.layout import ModelLayout
+from tests.support.pipeline import (
+    Pipeline,
+    PipelineFactory,
+    check_dead_letter,
+    check_delivery,
+)
+from worker.messages import DLQ_DROPPED
+
+pytestmark = pytest.mark.integration
+
+SETTLE_TIMEOUT_S = 180.0
+MODEL_MAX_TOKENS = 128
+DEFAULT_MAX_TEXT_BYTES = 100_000
+# Kafka's default message.max.bytes (a record batch) and kafka-python's default
+# max_request_size, the worker producer's own cap.
+BROKER_MAX_MESSAGE_BYTES = 1_048_588
+PRODUCER_MAX_REQUEST_BYTES = 1_048_576
+# How far below the broker's limit the near-limit records are: room for the test's own
+# estimate being off, far less than the ~400 bytes of dlq.* headers a dead letter adds.
+BROKER_LIMIT_MARGIN = 120
+
+
+@pytest.fixture
+def make_pipeline(
+    kafka_broker: Any,
+    triton_server: Any,
+    tiny_model_repository: Path,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> Iterator[PipelineFactory]:
+    factory = PipelineFactory(
+        bootstrap_servers=kafka_broker.bootstrap_servers,
+        triton_url=triton_server.grpc_url,
+        model_repository=tiny_model_repository,
+        unique_name=unique_name,
+        workdir=tmp_path,
+    )
+    yield factory
+    factory.close()
+
+
+def _good(pipeline: Pipeline, number: int) -> str:
+    """One well-formed tweet, sent; its id."""
+    tweet_id = pipeline.tweet_id(number)
+    pipeline.send_raw(
+        tweet_id.encode(), json.dumps({"id": tweet_id, "text": f"good tweet {number}"}).encode()
+    )
+    return tweet_id
+
+
+def _letters_by_key(pipeline: Pipeline) -> dict[bytes, Any]:
+    letters = {record.key: record for record in pipeline.dead_letters.records}
+    assert len(letters) == len(pipeline.dead_letters.records), "a record dead-lettered twice"
+    return letters
+
+
+def test_every_poison_kind_in_one_batch_is_dead_lettered_and_its_batch_mates_classified(
+    make_pipeline: PipelineFactory,
+) -> None:
+    # One partition and a generous batching window: the good tweets and the poison are
+    # consumed together and land in the same micro-batch.
+    pipeline = make_pipeline(EMOTION_STREAM_MAX_BATCH_WAIT_MS="1000")
+    trace = [("trace-id", b"abc-123")]
+    poison: list[tuple[bytes, bytes | None, str]] = [
+        (b"p-malformed", b'{"id": "p-malformed", "text": "cut off in the mid', "MalformedJson"),
+        (b"p-no-text", b'{"id": "p-no-text", "body": "no text field"}', "MissingText"),
+        (b"p-text-type", b'{"id": "p-text-type", "text": 42}', "InvalidTweet"),
+        (b"p-empty", b"", "EmptyText"),
+        (b"p-blank", b" \t\n ", "EmptyText"),
+        (b"p-null", None, "NullValue"),
+        (b"p-not-utf8", b"caf\xe9 \xff\xfe", "InvalidUtf8"),
+        (b"p-over-cap", b"x" * (DEFAULT_MAX_TEXT_BYTES + 1), "TextTooLarge"),
+    ]
+    ids = [_good(pipeline, n) for n in range(3)]
+    for key, value, _ in poison:
+        pipeline.send_raw(key, value, trace)
+    ids += [_good(pipeline, n) for n in range(3, 6)]
+    worker = pipeline.start_worker()
+
+    pipeline.settle(SETTLE_TIMEOUT_S)
+    check_delivery(pipeline, ids, max_extra_results=0, dead_letters=len(poison), label="poison")
+    letters = _letters_by_key(pipeline)
+    for offset, (key, value, error_class) in enumerate(poison, start=3):
+        letter = letters[key]
+        headers = check_dead_letter(
+            letter, error_class=error_class, source_topic=pipeline.input_topic, source=(0, offset)
+        )
+        assert letter.value == value, f"{key!r}: the original value, unchanged"
+        assert headers["trace-id"] == b"abc-123", f"{key!r}: original headers kept"
+        assert DLQ_DROPPED not in headers
+        assert headers["dlq.worker.id"].decode().endswith("worker-1")
+    dead_lettered = {e["error_class"] for e in worker.events("dead-lettered")}
+    assert dead_lettered == {error_class for _, _, error_class in poison}
+
+
+def _near_broker_limit(key: bytes, headers: list[tuple[str, bytes]], filler: int) -> int:
+    """How many filler bytes make a record of ``key``/``headers`` just fit the broker."""
+    base = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, b"", headers)
+    return BROKER_MAX_MESSAGE_BYTES - BROKER_LIMIT_MARGIN - base - filler
+
+
+def test_records_near_the_broker_limit_dead_letter_slim_or_classify(
+    make_pipeline: PipelineFactory,
+) -> None:
+    """~1 MB records, just under the broker's default limit. Their dead letters would add
+    the dlq.* headers and go over it, so they are sent slim: context headers and key,
+    ``dlq.original.dropped: value,headers``, no value. A good tweet whose *headers* are
+    huge is classified: results do not carry input headers."""
+    pipeline = make_pipeline()
+    big_text = b"y" * _near_broker_limit(b"p-1mb", [], 0)
+    huge_header = b"h" * _near_broker_limit(b"p-huge-headers", [("blob", b"")], 40)
+    poison_json = json.dumps({"id": "p-huge-headers", "no": "text"}).encode()
+    assert len(poison_json) < 40
+
+    ids = [_good(pipeline, 0)]
+    pipeline.send_raw(b"p-1mb", big_text)  # offset 1: text over the cap, ~1 MB
+    pipeline.send_raw(b"p-huge-headers", poison_json, [("blob", huge_header)])  # offset 2
+    good_id = pipeline.tweet_id(1)
+    pipeline.send_raw(
+        good_id.encode(),
+        json.dumps({"id": good_id, "text": "huge headers, fine text"}).encode(),
+        [("blob", b"z" * 900_000)],
+    )
+    ids += [good_id, _good(pipeline, 2)]
+    worker = pipeline.start_worker()
+
+    pipeline.settle(SETTLE_TIMEOUT_S)
+    check_delivery(pipeline, ids, max_extra_results=0, dead_letters=2, label="near-1MB")
+    letters = _letters_by_key(pipeline)
+    for key, offset, error_class in [
+        (b"p-1mb", 1, "TextTooLarge"),
+        (b"p-huge-headers", 2, "MissingText"),
+    ]:
+        letter = letters[key]
+        headers = check_dead_letter(
+            letter, error_class=error_class, source_topic=pipeline.input_topic, source=(0, offset)
+        )
+        assert headers[DLQ_DROPPED] == b"value,headers", headers
+        assert letter.value is None
+        assert "blob" not in headers
+    slim = [e for e in worker.events("dead-lettered") if e.get("slim")]
+    assert len(slim) == 2, worker.log_tail()
+
+
+EXTREME_TEXTS = {
+    "emoji-10k": "😂" * 10_000,
+    "emoji-mixed": "I love this 🎉🔥💯 " * 400,
+    "rtl-arabic-hebrew": ("مرحبا بالعالم، هذا يوم جميل " + "שלום עולם, איזה יום יפה ") * 40,
+    "rtl-with-ltr": "\u202eevil override\u202c تويت mixed עם English 123 " * 50,
+    "zero-width-mixed": ("zero\u200bwidth\u200c joiner\u200d word\u2060 joiner\ufeff ") * 100,
+    "zero-width-only": "\u200b\u200c\u200d" * 300,
+    "combining-marks": "Z\u0351\u036b\u0343\u036a\u0302\u036b\u033d\u034f\u0334" * 500,
+    "at-the-cap": ("ab " * (DEFAULT_MAX_TEXT_BYTES // 3)) + "a" * (DEFAULT_MAX_TEXT_BYTES % 3),
+}
+
+
+def test_valid_extreme_text_is_classified_truncated_never_dead_lettered(
+    make_pipeline: PipelineFactory, tiny_model_repository: Path
+) -> None:
+    pipeline = make_pipeline()
+    for name, text in EXTREME_TEXTS.items():
+        pipeline.send_raw(name.encode(), json.dumps({"id": name, "text": text}).encode())
+    # A bare JSON string is the text itself (README "Message formats"); its id is the key.
+    pipeline.send_raw(b"json-string", json.dumps("a bare JSON string 😂 שלום").encode())
+    pipeline.start_worker()
+
+    pipeline.settle(SETTLE_TIMEOUT_S)
+    expected = {**EXTREME_TEXTS, "json-string": "a bare JSON string 😂 שלום"}
+    check_delivery(pipeline, list(expected), max_extra_results=0, label="extreme-text")
+    results = {json.loads(r.value)["id"]: json.loads(r.value) for r in pipeline.results.records}
+    tokenizer = AutoTokenizer.from_pretrained(str(ModelLayout(tiny_model_repository).tokenizer_dir))
+    for name, text in expected.items():
+        assert results[name]["text"] == text, f"{name}: the text comes back unchanged"
+        assert sum(results[name]["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+    # The long ones are far over the model's 128 tokens: classifying them at all means the
+    # worker truncated them (the server rejects longer sequences, README "Embedded stack").
+    long_ones = [n for n, t in EXTREME_TEXTS.items() if len(tokenizer(t)["input_ids"]) > 4 * 128]
+    assert {"emoji-10k", "rtl-arabic-hebrew", "zero-width-only", "at-the-cap"} <= set(long_ones)
+    assert len(tokenizer("😂" * 10_000, truncation=True, max_length=128)["input_ids"]) == 128
