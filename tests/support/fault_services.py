@@ -36,6 +36,7 @@ from tests.support.service_fixtures import free_ports
 MODEL_NAME = "emotion-classifier"
 KILL_WAIT_S = 30.0
 REPOSITORY_API_TIMEOUT_S = 60.0
+SHM_REGION_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
 
 
 class ControllableTriton(TritonServer):
@@ -85,10 +86,28 @@ class ControllableTriton(TritonServer):
         """SIGKILL the server's process group (the server and its backend stubs): a crash."""
         pid = self.process.recorded_pid()
         assert pid is not None, "Triton is not running"
+        # The Python backend's shared-memory regions outlive a killed server: note this
+        # server's own, to remove them after the crash (a clean stop removes them itself).
+        regions = _shared_memory_regions(pid)
         os.killpg(pid, signal.SIGKILL)
         # Reap our own child so is_running() turns false at once.
         assert wait_until(lambda: not self.is_running(), timeout_s=KILL_WAIT_S)
         self.process.pid_file.unlink(missing_ok=True)
+        for region in regions:
+            region.unlink(missing_ok=True)
+
+
+def _shared_memory_regions(pid: int) -> set[Path]:
+    """The Python backend's /dev/shm regions that process ``pid`` has mapped."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text(encoding="utf-8")
+    except OSError:
+        return set()
+    return {
+        Path(line.split()[-1])
+        for line in maps.splitlines()
+        if line.split() and line.split()[-1].startswith(SHM_REGION_PREFIX)
+    }
 
 
 def slow_model_repository(source: Path, target: Path, delay_ms: int) -> Path:
