@@ -824,7 +824,14 @@ class Worker:
         return complete
 
     def on_lost(self, partitions: set[Partition]) -> None:
-        self._remember_unfinished(partitions)
+        # No position to remember: kafka-python drops a lost partition's fetch position,
+        # and if it comes back, reading starts from the group's committed offset, which
+        # another member may have moved on meanwhile. Our old position would be stale:
+        # seeking to it re-published what the other member had committed (duplicates even
+        # with exactly-once) or skipped past what nobody had (losses).
+        with self._resume_lock:
+            for partition in partitions:
+                self._resume_from.pop(partition, None)
         self.tracker.forget(partitions)
         self._revoked.put(set(partitions))
         self._log.warning("partitions lost", partitions=sorted(partitions))

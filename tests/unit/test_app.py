@@ -497,6 +497,20 @@ def test_records_too_large_for_the_broker_are_dead_lettered_not_fatal(run_worker
     assert "big" not in slim and letters[2].value is None
 
 
+def test_a_lost_partition_that_comes_back_is_not_sought_to_a_stale_position(
+    run_worker: Any,
+) -> None:
+    # Evicted (a zombie): another member owned the partition meanwhile and committed past
+    # our old position. When it comes back, the group's committed offset rules, not ours
+    # (the same in both delivery modes: on_lost remembers nothing).
+    classifier = FakeClassifier(failures=10**9)
+    h = run_worker({("tweets", 0): tweets(0, 20)}, classifier=classifier)
+    wait_for(lambda: h.source.paused, "held for retry")
+    h.worker.on_lost({("tweets", 0)})
+    assert h.worker.on_assigned({("tweets", 0)}) == {}
+    h.stop()
+
+
 def test_partition_revoked_and_assigned_again_rereads_dropped_work(run_worker: Any) -> None:
     classifier = FakeClassifier(failures=10**9)
     h = run_worker({("tweets", 0): tweets(0, 20)}, classifier=classifier)
