@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 
 from tests.support.broker_fixtures import KafkaBrokerFactory, KafkaClusterFactory
-from tests.support.pipeline import Pipeline, PipelineFactory, check_delivery, wait_until
+from tests.support.pipeline import (
+    AT_LEAST_ONCE,
+    DELIVERY_MODES,
+    EXACTLY_ONCE,
+    Pipeline,
+    PipelineFactory,
+    check_delivery,
+    wait_until,
+)
 from tests.support.secure_fixtures import WORKER_USER, SecureKafkaFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -57,15 +65,23 @@ def _warm_up(pipeline: Pipeline) -> list[str]:
     return ids
 
 
-@pytest.mark.parametrize("how", ["restart", "kill"])
+@pytest.mark.parametrize(
+    ("how", "delivery"),
+    [("restart", AT_LEAST_ONCE), ("kill", AT_LEAST_ONCE), ("kill", EXACTLY_ONCE)],
+)
 def test_broker_restart_or_crash_mid_stream_loses_nothing(
-    make_pipeline: PipelineFactory, private_kafka_broker: KafkaBrokerFactory, how: str
+    make_pipeline: PipelineFactory,
+    private_kafka_broker: KafkaBrokerFactory,
+    how: str,
+    delivery: str,
 ) -> None:
     """The only broker goes away mid-feed (SIGTERM then start, or SIGKILL then start),
     keeping its data. The worker backs off, keeps its uncommitted work uncommitted, and
     carries on when the broker is back: no id lost."""
     broker = private_kafka_broker()
-    pipeline = make_pipeline(partitions=3, bootstrap_servers=broker.bootstrap_servers)
+    pipeline = make_pipeline(
+        partitions=3, bootstrap_servers=broker.bootstrap_servers, delivery=delivery
+    )
     worker = pipeline.start_worker()
     warm = _warm_up(pipeline)
 
@@ -81,7 +97,10 @@ def test_broker_restart_or_crash_mid_stream_loses_nothing(
     feeder.finish(timeout_s=RESULTS_TIMEOUT_S)
     pipeline.settle(SETTLE_TIMEOUT_S)
     report = check_delivery(
-        pipeline, warm + feeder.ids, max_extra_results=FEED, label=f"broker-{how}"
+        pipeline,
+        warm + feeder.ids,
+        max_extra_results=0 if pipeline.exactly_once else FEED,
+        label=f"broker-{how}-{delivery}",
     )
     assert report.dead_letters == 0
     assert worker.alive(), worker.log_tail()
@@ -92,15 +111,19 @@ def test_broker_restart_or_crash_mid_stream_loses_nothing(
     )
 
 
+@pytest.mark.parametrize("delivery", DELIVERY_MODES)
 def test_cluster_losing_one_of_three_brokers_mid_stream_loses_nothing(
-    make_pipeline: PipelineFactory, kafka_cluster: KafkaClusterFactory
+    make_pipeline: PipelineFactory, kafka_cluster: KafkaClusterFactory, delivery: str
 ) -> None:
     """Replication 3, min.insync.replicas 2: with one broker killed, acks=all still
     succeeds on the other two; leadership moves and the worker follows. The broker comes
     back (same data) and rejoins. No id lost."""
     cluster = kafka_cluster(3, replication_factor=3, min_insync_replicas=2)
     pipeline = make_pipeline(
-        partitions=3, bootstrap_servers=cluster.bootstrap_servers, create_topics=False
+        partitions=3,
+        bootstrap_servers=cluster.bootstrap_servers,
+        create_topics=False,
+        delivery=delivery,
     )
     pipeline.create_topics(
         pipeline.input_topic, pipeline.output_topic, pipeline.dlq_topic, replication_factor=3
@@ -115,34 +138,51 @@ def test_cluster_losing_one_of_three_brokers_mid_stream_loses_nothing(
     pipeline.wait_for_result_count(WARM_UP + 40, RESULTS_TIMEOUT_S)
     victim = cluster.node(2)
     victim.kill()
-    at_kill = len(pipeline.result_ids())
-    # Results keep coming with one broker down: two in-sync replicas are enough.
-    pipeline.wait_for_result_count(at_kill + 60, RESULTS_TIMEOUT_S)
+    at_kill, sent_at_kill = len(pipeline.results.records), feeder.sent
+    # Down for 60 more tweets (6 s at least: the dead broker's session timeout fences it
+    # and leadership moves to the two in-sync replicas left).
+    wait_until(lambda: feeder.sent >= sent_at_kill + 60, RESULTS_TIMEOUT_S, "feeder stalled")
+    pipeline.results.poll()
+    during = len(pipeline.results.records) - at_kill
     victim.start()
+    print(f"[cluster-lose-one-{delivery}] {during} results while the broker was down")
     assert feeder.sent < FEED, "the broker came back after the feed"
 
     feeder.finish(timeout_s=RESULTS_TIMEOUT_S)
     pipeline.settle(SETTLE_TIMEOUT_S)
     report = check_delivery(
-        pipeline, warm + feeder.ids, max_extra_results=FEED, label="cluster-lose-one"
+        pipeline,
+        warm + feeder.ids,
+        max_extra_results=0 if pipeline.exactly_once else FEED,
+        label=f"cluster-lose-one-{delivery}",
     )
     assert report.dead_letters == 0
     assert worker.alive(), worker.log_tail()
 
 
-@pytest.mark.parametrize("refused", ["output", "dlq"])
+@pytest.mark.parametrize(
+    ("refused", "delivery"),
+    [("output", AT_LEAST_ONCE), ("dlq", AT_LEAST_ONCE), ("output", EXACTLY_ONCE)],
+)
 def test_output_or_dlq_topic_not_authorized_commits_nothing_and_stops_clearly(
-    make_pipeline: PipelineFactory, secure_kafka_broker: SecureKafkaFactory, refused: str
+    make_pipeline: PipelineFactory,
+    secure_kafka_broker: SecureKafkaFactory,
+    refused: str,
+    delivery: str,
 ) -> None:
     """The worker may read its input but an ACL denies it writing the output (or DLQ)
     topic. Authorization is not transient: the worker stops with exit code 1 and an
     error naming the topic, having committed nothing past the refused record."""
     secure = secure_kafka_broker(authorizer=True)
-    pipeline = make_pipeline(bootstrap_servers=secure.bootstrap_servers)
+    pipeline = make_pipeline(bootstrap_servers=secure.bootstrap_servers, delivery=delivery)
     denied = pipeline.output_topic if refused == "output" else pipeline.dlq_topic
     allowed = pipeline.dlq_topic if refused == "output" else pipeline.output_topic
     secure.allow_worker(
-        input_topic=pipeline.input_topic, group=pipeline.group, output_topics=[allowed]
+        input_topic=pipeline.input_topic,
+        group=pipeline.group,
+        output_topics=[allowed],
+        # Exactly-once: its transactional ids (<group>-<worker id>) may be used.
+        transactional_id_prefix=pipeline.group if pipeline.exactly_once else None,
     )
     secure.deny(WORKER_USER, ["write"], "topic", denied)
 
@@ -167,4 +207,4 @@ def test_output_or_dlq_topic_not_authorized_commits_nothing_and_stops_clearly(
         }
     else:
         assert pipeline.results.records == []
-    print(f"[acl-{refused}] exit 1, committed {committed}")
+    print(f"[acl-{refused}-{delivery}] exit 1, committed {committed}")

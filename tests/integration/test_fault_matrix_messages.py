@@ -31,6 +31,7 @@ from transformers import AutoTokenizer
 
 from emotion_stream.layout import ModelLayout
 from tests.support.pipeline import (
+    DELIVERY_MODES,
     Pipeline,
     PipelineFactory,
     check_dead_letter,
@@ -86,12 +87,13 @@ def _letters_by_key(pipeline: Pipeline) -> dict[bytes, Any]:
     return letters
 
 
+@pytest.mark.parametrize("delivery", DELIVERY_MODES)
 def test_every_poison_kind_in_one_batch_is_dead_lettered_and_its_batch_mates_classified(
-    make_pipeline: PipelineFactory,
+    make_pipeline: PipelineFactory, delivery: str
 ) -> None:
     # One partition and a generous batching window: the good tweets and the poison are
     # consumed together and land in the same micro-batch.
-    pipeline = make_pipeline(EMOTION_STREAM_MAX_BATCH_WAIT_MS="1000")
+    pipeline = make_pipeline(delivery=delivery, EMOTION_STREAM_MAX_BATCH_WAIT_MS="1000")
     trace = [("trace-id", b"abc-123")]
     poison: list[tuple[bytes, bytes | None, str]] = [
         (b"p-malformed", b'{"id": "p-malformed", "text": "cut off in the mid', "MalformedJson"),
@@ -131,14 +133,15 @@ def _near_broker_limit(key: bytes, headers: list[tuple[str, bytes]], filler: int
     return BROKER_MAX_MESSAGE_BYTES - BROKER_LIMIT_MARGIN - base - filler
 
 
+@pytest.mark.parametrize("delivery", DELIVERY_MODES)
 def test_records_near_the_broker_limit_dead_letter_slim_or_classify(
-    make_pipeline: PipelineFactory,
+    make_pipeline: PipelineFactory, delivery: str
 ) -> None:
     """~1 MB records, just under the broker's default limit. Their dead letters would add
     the dlq.* headers and go over it, so they are sent slim: context headers and key,
     ``dlq.original.dropped: value,headers``, no value. A good tweet whose *headers* are
     huge is classified: results do not carry input headers."""
-    pipeline = make_pipeline()
+    pipeline = make_pipeline(delivery=delivery)
     big_text = b"y" * _near_broker_limit(b"p-1mb", [], 0)
     huge_header = b"h" * _near_broker_limit(b"p-huge-headers", [("blob", b"")], 40)
     poison_json = json.dumps({"id": "p-huge-headers", "no": "text"}).encode()

@@ -29,6 +29,9 @@ from tests.support.fault_services import (
     slow_model_repository,
 )
 from tests.support.pipeline import (
+    AT_LEAST_ONCE,
+    DELIVERY_MODES,
+    EXACTLY_ONCE,
     Pipeline,
     PipelineFactory,
     WorkerRun,
@@ -125,12 +128,15 @@ def _ready(pipeline: Pipeline, worker: WorkerRun) -> None:
     )
 
 
+@pytest.mark.parametrize("delivery", DELIVERY_MODES)
 def test_triton_killed_restarted_and_model_unloaded_loses_nothing_dead_letters_nothing(
-    make_pipeline: PipelineFactory, controllable_triton: ControllableTriton
+    make_pipeline: PipelineFactory, controllable_triton: ControllableTriton, delivery: str
 ) -> None:
     """SIGKILL Triton mid-feed and restart it; then unload the model and load it again.
     Meanwhile the worker holds its batches, says not-ready and dead-letters nothing."""
-    pipeline = make_pipeline(partitions=3, triton_url=controllable_triton.grpc_url)
+    pipeline = make_pipeline(
+        partitions=3, triton_url=controllable_triton.grpc_url, delivery=delivery
+    )
     worker = pipeline.start_worker()
     warm = pipeline.seed(WARM_UP, first=10_000)
     pipeline.wait_for_results(warm, RESULTS_TIMEOUT_S)
@@ -157,21 +163,25 @@ def test_triton_killed_restarted_and_model_unloaded_loses_nothing_dead_letters_n
     feeder.finish()
     pipeline.settle(SETTLE_TIMEOUT_S)
     # Held batches are retried, never published twice and never dead-lettered.
-    check_delivery(pipeline, warm + feeder.ids, max_extra_results=0, label="triton-outages")
+    check_delivery(
+        pipeline, warm + feeder.ids, max_extra_results=0, label=f"triton-outages-{delivery}"
+    )
     assert worker.alive(), "the same worker rides both outages out\n" + worker.log_tail()
     assert worker.metric("emotion_worker_retries_total") > 0, worker.log_tail()
     reasons = {event.get("reason", "") for event in worker.events("readiness")}
     print(f"[triton-outages] readiness reasons: {sorted(reasons)}")
 
 
+@pytest.mark.parametrize("delivery", DELIVERY_MODES)
 def test_model_slower_than_max_poll_interval_causes_no_rebalance_and_loses_nothing(
-    make_pipeline: PipelineFactory, slow_triton: ControllableTriton
+    make_pipeline: PipelineFactory, slow_triton: ControllableTriton, delivery: str
 ) -> None:
     """Every inference takes longer than max.poll.interval.ms; the worker keeps polling
     while Triton works, so the group never evicts it: one assignment, no loss."""
     pipeline = make_pipeline(
         partitions=3,
         triton_url=slow_triton.grpc_url,
+        delivery=delivery,
         EMOTION_STREAM_MAX_POLL_INTERVAL_MS=str(MAX_POLL_INTERVAL_MS),
         EMOTION_STREAM_TRITON_TIMEOUT_S=str(SLOW_MODEL_DELAY_MS / 1000 * 4),
         EMOTION_STREAM_MAX_BATCH_SIZE="8",
@@ -180,7 +190,7 @@ def test_model_slower_than_max_poll_interval_causes_no_rebalance_and_loses_nothi
     worker = pipeline.start_worker()
     ids = pipeline.seed(40)
     pipeline.settle(RESULTS_TIMEOUT_S * 2)
-    check_delivery(pipeline, ids, max_extra_results=0, label="slow-model")
+    check_delivery(pipeline, ids, max_extra_results=0, label=f"slow-model-{delivery}")
 
     slowest = max(event["inference_ms"] for event in worker.events("batch"))
     print(
@@ -192,15 +202,20 @@ def test_model_slower_than_max_poll_interval_causes_no_rebalance_and_loses_nothi
     assert worker.alive(), worker.log_tail()
 
 
-@pytest.mark.parametrize("missing", ["output", "dlq"])
+@pytest.mark.parametrize(
+    ("missing", "delivery"),
+    [("output", AT_LEAST_ONCE), ("dlq", AT_LEAST_ONCE), ("output", EXACTLY_ONCE)],
+)
 def test_missing_output_or_dlq_topic_commits_nothing_then_delivers_once_it_exists(
-    make_pipeline: PipelineFactory, strict_kafka: StrictKafka, missing: str
+    make_pipeline: PipelineFactory, strict_kafka: StrictKafka, missing: str, delivery: str
 ) -> None:
     """On a broker that never creates topics implicitly, the worker's output (or DLQ)
     topic does not exist: sends fail, the worker says so naming the topic, re-reads, and
     commits nothing past the first undeliverable record. Once the topic is created, every
     record is delivered."""
-    pipeline = make_pipeline(bootstrap_servers=strict_kafka.bootstrap_servers, create_topics=False)
+    pipeline = make_pipeline(
+        bootstrap_servers=strict_kafka.bootstrap_servers, create_topics=False, delivery=delivery
+    )
     absent = pipeline.output_topic if missing == "output" else pipeline.dlq_topic
     present = [pipeline.input_topic, pipeline.dlq_topic, pipeline.output_topic]
     pipeline.create_topics(*[topic for topic in present if topic != absent])
@@ -213,11 +228,18 @@ def test_missing_output_or_dlq_topic_commits_nothing_then_delivers_once_it_exist
     good_after = pipeline.seed(1, first=1)
     poison_offset = 1
 
+    # At least once a failed send re-reads its partition; exactly once it aborts the
+    # transaction and re-reads from the last commit.
+    retried = {
+        "publish failed, re-reading partition",
+        "transaction aborted, re-reading from the last commit",
+    }
+
     def failed_sends() -> list[dict[str, Any]]:
         return [
             event
-            for event in worker.events("publish failed, re-reading partition")
-            if absent in str(event.get("error", ""))
+            for event in worker.events()
+            if event.get("event") in retried and absent in str(event.get("error", ""))
         ]
 
     # Two failed rounds: it retries rather than gives up or skips.
@@ -241,9 +263,9 @@ def test_missing_output_or_dlq_topic_commits_nothing_then_delivers_once_it_exist
     report = check_delivery(
         pipeline,
         good_before + good_after,
-        max_extra_results=len(good_after) * 10,
+        max_extra_results=0 if pipeline.exactly_once else len(good_after) * 10,
         dead_letters=None,
-        label=f"missing-{missing}",
+        label=f"missing-{missing}-{delivery}",
     )
     # The poison is dead-lettered (again in each round where the DLQ was there): every
     # dead letter is that one record, with its context.

@@ -342,6 +342,7 @@ class Pipeline:
         self.dlq_topic = f"{name}-tweets.dlq"
         self.group = f"{name}-workers"
         self.extra_env = dict(worker_env or {})
+        self.delivery = self.extra_env.get("EMOTION_STREAM_DELIVERY", AT_LEAST_ONCE)
         self.runs: list[WorkerRun] = []
         self.seeded: list[str] = []
         self._send_lock = threading.Lock()
@@ -354,6 +355,10 @@ class Pipeline:
         )
         self.results = TopicReader(bootstrap_servers, self.output_topic)
         self.dead_letters = TopicReader(bootstrap_servers, self.dlq_topic)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.delivery == EXACTLY_ONCE
 
     # --- topics and offsets ----------------------------------------------------
     def create_topics(self, *topics: str, replication_factor: int = 1) -> None:
@@ -687,6 +692,11 @@ def running_pipeline(**kwargs: Any) -> Iterator[Pipeline]:
         pipeline.close()
 
 
+# The worker's delivery modes (EMOTION_STREAM_DELIVERY), the fault matrix's two columns.
+AT_LEAST_ONCE = "at_least_once"
+EXACTLY_ONCE = "exactly_once"
+DELIVERY_MODES = (AT_LEAST_ONCE, EXACTLY_ONCE)
+
 # Short backoff so that recovery after an outage is quick to observe.
 FAST_RETRY = {
     "EMOTION_STREAM_RETRY_BACKOFF_INITIAL_S": "0.1",
@@ -720,10 +730,18 @@ class PipelineFactory:
         bootstrap_servers: str | None = None,
         triton_url: str | None = None,
         create_topics: bool = True,
+        delivery: str = AT_LEAST_ONCE,
         **worker_env: str,
     ) -> Pipeline:
         """A pipeline on the given (default: the factory's) broker and Triton; ``worker_env``
-        adds ``EMOTION_STREAM_*`` settings for its workers (fast retries by default)."""
+        adds ``EMOTION_STREAM_*`` settings for its workers (fast retries by default).
+
+        ``delivery`` is the workers' delivery mode. Exactly-once workers each get their
+        own transactional id (``<group>-<worker id>``, the worker's default); a test that
+        restarts *the same replica* passes ``EMOTION_STREAM_TRANSACTIONAL_ID`` itself.
+        """
+        assert delivery in DELIVERY_MODES, delivery
+        worker_env = {"EMOTION_STREAM_DELIVERY": delivery, **worker_env}
         name = self.unique_name("fm")
         workdir = self.workdir / name
         workdir.mkdir(parents=True)
