@@ -67,7 +67,12 @@ def _warm_up(pipeline: Pipeline) -> list[str]:
 
 @pytest.mark.parametrize(
     ("how", "delivery"),
-    [("restart", AT_LEAST_ONCE), ("kill", AT_LEAST_ONCE), ("kill", EXACTLY_ONCE)],
+    [
+        ("restart", AT_LEAST_ONCE),
+        ("kill", AT_LEAST_ONCE),
+        ("restart", EXACTLY_ONCE),
+        ("kill", EXACTLY_ONCE),
+    ],
 )
 def test_broker_restart_or_crash_mid_stream_loses_nothing(
     make_pipeline: PipelineFactory,
@@ -162,7 +167,12 @@ def test_cluster_losing_one_of_three_brokers_mid_stream_loses_nothing(
 
 @pytest.mark.parametrize(
     ("refused", "delivery"),
-    [("output", AT_LEAST_ONCE), ("dlq", AT_LEAST_ONCE), ("output", EXACTLY_ONCE)],
+    [
+        ("output", AT_LEAST_ONCE),
+        ("dlq", AT_LEAST_ONCE),
+        ("output", EXACTLY_ONCE),
+        ("dlq", EXACTLY_ONCE),
+    ],
 )
 def test_output_or_dlq_topic_not_authorized_commits_nothing_and_stops_clearly(
     make_pipeline: PipelineFactory,

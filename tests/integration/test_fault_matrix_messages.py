@@ -189,10 +189,11 @@ EXTREME_TEXTS = {
 }
 
 
+@pytest.mark.parametrize("delivery", DELIVERY_MODES)
 def test_valid_extreme_text_is_classified_truncated_never_dead_lettered(
-    make_pipeline: PipelineFactory, tiny_model_repository: Path
+    make_pipeline: PipelineFactory, tiny_model_repository: Path, delivery: str
 ) -> None:
-    pipeline = make_pipeline()
+    pipeline = make_pipeline(delivery=delivery)
     for name, text in EXTREME_TEXTS.items():
         pipeline.send_raw(name.encode(), json.dumps({"id": name, "text": text}).encode())
     # A bare JSON string is the text itself (README "Message formats"); its id is the key.

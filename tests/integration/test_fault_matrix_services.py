@@ -204,7 +204,12 @@ def test_model_slower_than_max_poll_interval_causes_no_rebalance_and_loses_nothi
 
 @pytest.mark.parametrize(
     ("missing", "delivery"),
-    [("output", AT_LEAST_ONCE), ("dlq", AT_LEAST_ONCE), ("output", EXACTLY_ONCE)],
+    [
+        ("output", AT_LEAST_ONCE),
+        ("dlq", AT_LEAST_ONCE),
+        ("output", EXACTLY_ONCE),
+        ("dlq", EXACTLY_ONCE),
+    ],
 )
 def test_missing_output_or_dlq_topic_commits_nothing_then_delivers_once_it_exists(
     make_pipeline: PipelineFactory, strict_kafka: StrictKafka, missing: str, delivery: str
