@@ -36,7 +36,7 @@ POISON = 4
 
 
 @pytest.fixture
-def make_pipeline(
+def make_eos_pipeline(
     kafka_broker: Any,
     triton_server: Any,
     tiny_model_repository: Path,
@@ -135,8 +135,8 @@ def _assert_exactly_once(pipeline: Pipeline, ids: list[str], test: str) -> None:
     assert pipeline.dead_letter_count() == POISON, pipeline.describe()
 
 
-def test_exactly_once_end_to_end_every_id_once(make_pipeline: Callable[..., Pipeline]) -> None:
-    pipeline = make_pipeline()
+def test_exactly_once_end_to_end_every_id_once(make_eos_pipeline: Callable[..., Pipeline]) -> None:
+    pipeline = make_eos_pipeline()
     worker = pipeline.start_worker()
     ids = pipeline.seed(FEED)
     _seed_poison(pipeline, POISON)
@@ -150,9 +150,9 @@ def test_exactly_once_end_to_end_every_id_once(make_pipeline: Callable[..., Pipe
     "failpoint", ["after_inference:4", "after_send:3", "during_commit:3"], ids=lambda f: f
 )
 def test_sigkill_at_a_failpoint_then_restart_makes_no_duplicates(
-    make_pipeline: Callable[..., Pipeline], failpoint: str
+    make_eos_pipeline: Callable[..., Pipeline], failpoint: str
 ) -> None:
-    pipeline = make_pipeline()
+    pipeline = make_eos_pipeline()
     doomed = pipeline.start_worker(EMOTION_STREAM_FAILPOINT=failpoint)
     feeder = pipeline.feed(FEED, FEED_RATE)
     _seed_poison(pipeline, POISON)
@@ -177,9 +177,9 @@ def test_sigkill_at_a_failpoint_then_restart_makes_no_duplicates(
 
 
 def test_a_second_instance_with_the_same_transactional_id_fences_the_first(
-    make_pipeline: Callable[..., Pipeline],
+    make_eos_pipeline: Callable[..., Pipeline],
 ) -> None:
-    pipeline = make_pipeline(partitions=1)
+    pipeline = make_eos_pipeline(partitions=1)
     first = pipeline.start_worker()
     warm = pipeline.seed(20)
     pipeline.wait_for_results(warm, RESULTS_TIMEOUT_S)
@@ -205,13 +205,13 @@ def test_a_second_instance_with_the_same_transactional_id_fences_the_first(
 
 
 def test_rebalances_while_producing_make_no_duplicates(
-    make_pipeline: Callable[..., Pipeline],
+    make_eos_pipeline: Callable[..., Pipeline],
 ) -> None:
     # Two replicas, each with its own transactional id. Mid-stream one stops: the group
     # rebalances and the survivor loses (and regains) partitions whose results sit in its
     # open transaction. It must abort them, never commit them; the leaver commits on its
     # way out. Long commit intervals keep transactions open, so the rebalance finds one.
-    pipeline = make_pipeline(partitions=3)
+    pipeline = make_eos_pipeline(partitions=3)
     slow_commits = {"EMOTION_STREAM_COMMIT_INTERVAL_MS": "3000"}
     survivor = pipeline.start_worker(
         EMOTION_STREAM_TRANSACTIONAL_ID=f"{pipeline.name}-replica-1", **slow_commits

@@ -12,10 +12,6 @@ mid-stream; output or DLQ topic not authorized (ACLs). Bounded by the constants 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from tests.support.broker_fixtures import KafkaBrokerFactory, KafkaClusterFactory
@@ -38,25 +34,6 @@ FEED_RATE = 20.0  # 20 s of feed: the fault and the recovery land inside it
 RESULTS_TIMEOUT_S = 180.0
 SETTLE_TIMEOUT_S = 180.0
 EXIT_TIMEOUT_S = 120.0
-
-
-@pytest.fixture
-def make_pipeline(
-    kafka_broker: Any,
-    triton_server: Any,
-    tiny_model_repository: Path,
-    unique_name: Callable[[str], str],
-    tmp_path: Path,
-) -> Iterator[PipelineFactory]:
-    factory = PipelineFactory(
-        bootstrap_servers=kafka_broker.bootstrap_servers,
-        triton_url=triton_server.grpc_url,
-        model_repository=tiny_model_repository,
-        unique_name=unique_name,
-        workdir=tmp_path,
-    )
-    yield factory
-    factory.close()
 
 
 def _warm_up(pipeline: Pipeline) -> list[str]:

@@ -21,7 +21,6 @@ Bounded: results within ``SETTLE_TIMEOUT_S``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,25 +50,6 @@ PRODUCER_MAX_REQUEST_BYTES = 1_048_576
 # How far below the broker's limit the near-limit records are: room for the test's own
 # estimate being off, far less than the ~400 bytes of dlq.* headers a dead letter adds.
 BROKER_LIMIT_MARGIN = 120
-
-
-@pytest.fixture
-def make_pipeline(
-    kafka_broker: Any,
-    triton_server: Any,
-    tiny_model_repository: Path,
-    unique_name: Callable[[str], str],
-    tmp_path: Path,
-) -> Iterator[PipelineFactory]:
-    factory = PipelineFactory(
-        bootstrap_servers=kafka_broker.bootstrap_servers,
-        triton_url=triton_server.grpc_url,
-        model_repository=tiny_model_repository,
-        unique_name=unique_name,
-        workdir=tmp_path,
-    )
-    yield factory
-    factory.close()
 
 
 def _good(pipeline: Pipeline, number: int) -> str:

@@ -16,7 +16,7 @@ below.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,25 +91,6 @@ def strict_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StrictKaf
         skip_or_fail(f"Kafka without topic auto-creation did not start: {error}")
     yield broker
     broker.stop()
-
-
-@pytest.fixture
-def make_pipeline(
-    kafka_broker: Any,
-    triton_server: Any,
-    tiny_model_repository: Path,
-    unique_name: Callable[[str], str],
-    tmp_path: Path,
-) -> Iterator[PipelineFactory]:
-    factory = PipelineFactory(
-        bootstrap_servers=kafka_broker.bootstrap_servers,
-        triton_url=triton_server.grpc_url,
-        model_repository=tiny_model_repository,
-        unique_name=unique_name,
-        workdir=tmp_path,
-    )
-    yield factory
-    factory.close()
 
 
 def _not_ready(pipeline: Pipeline, worker: WorkerRun) -> None:

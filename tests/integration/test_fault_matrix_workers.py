@@ -13,10 +13,6 @@ Every wait is bounded; the bounds are the constants below.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from tests.support.pipeline import (
@@ -42,25 +38,6 @@ SETTLE_TIMEOUT_S = 120.0
 # kafka-python's default session.timeout.ms (the worker does not change it): a member
 # silent for longer is evicted and its partitions handed to the others.
 SESSION_TIMEOUT_S = 45.0
-
-
-@pytest.fixture
-def make_pipeline(
-    kafka_broker: Any,
-    triton_server: Any,
-    tiny_model_repository: Path,
-    unique_name: Callable[[str], str],
-    tmp_path: Path,
-) -> Iterator[PipelineFactory]:
-    factory = PipelineFactory(
-        bootstrap_servers=kafka_broker.bootstrap_servers,
-        triton_url=triton_server.grpc_url,
-        model_repository=tiny_model_repository,
-        unique_name=unique_name,
-        workdir=tmp_path,
-    )
-    yield factory
-    factory.close()
 
 
 def _warm_up(pipeline: Pipeline) -> list[str]:
