@@ -261,9 +261,15 @@ def run_worker() -> Iterator[Callable[..., Harness]]:
         records: dict[Partition, list[SourceRecord]],
         classifier: FakeClassifier | None = None,
         publisher_max_bytes: int | None = None,
+        *,
+        source: FakeSource | None = None,
+        publisher: FakePublisher | None = None,
         **overrides: Any,
     ) -> Harness:
-        source, publisher = FakeSource(records), FakePublisher(publisher_max_bytes)
+        """A worker on fakes, running on its own thread; ``source``/``publisher`` replace
+        the default fakes (for example with their transactional variants)."""
+        source = source or FakeSource(records)
+        publisher = publisher or FakePublisher(publisher_max_bytes)
         worker = Worker(
             settings(**overrides),
             source=lambda s, handler: source,

@@ -6,24 +6,20 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.unit.test_app import (
-    LABELS,
     FakeClassifier,
     FakePublisher,
     FakeSource,
-    FakeTokenizer,
     Harness,
     record,
-    settings,
     tweets,
     wait_for,
 )
-from worker.app import Worker
 from worker.errors import BrokerUnavailable, ProducerFenced, TransactionAborted
 from worker.inference import Classified
 from worker.messages import OutboundRecord
@@ -117,8 +113,8 @@ class GatedClassifier(FakeClassifier):
 
 
 @pytest.fixture
-def run_eos() -> Iterator[Callable[..., Harness]]:
-    harnesses: list[Harness] = []
+def run_eos(run_worker: Callable[..., Harness]) -> Callable[..., Harness]:
+    """``run_worker`` in exactly-once mode, on the transactional fakes."""
 
     def start(
         records: dict[Partition, list[Any]],
@@ -126,25 +122,16 @@ def run_eos() -> Iterator[Callable[..., Harness]]:
         classifier: FakeClassifier | None = None,
         **overrides: Any,
     ) -> Harness:
-        source = TransactionalSource(records)
-        out = publisher or TransactionalPublisher()
-        worker = Worker(
-            settings(delivery="exactly_once", **overrides),
-            source=lambda s, handler: source,
-            publisher=lambda s: out,
-            classifier=lambda s: classifier or FakeClassifier(),
-            tokenizer=lambda s: FakeTokenizer(),
-            labels=LABELS,
+        return run_worker(
+            records,
+            classifier,
+            source=TransactionalSource(records),
+            publisher=publisher or TransactionalPublisher(),
+            delivery="exactly_once",
+            **overrides,
         )
-        harness = Harness(worker, source, out)
-        harness.thread.start()
-        harnesses.append(harness)
-        return harness
 
-    yield start
-    for harness in harnesses:
-        harness.worker.stop()
-        harness.thread.join(20)
+    return start
 
 
 def visible_ids(h: Harness) -> Counter[str]:
