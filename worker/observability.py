@@ -10,14 +10,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from typing import Any
 
 import structlog
@@ -26,6 +28,16 @@ from prometheus_client.exposition import generate_latest
 
 # A loop iteration blocks at most for one poll and one harvest; far longer means stuck.
 DEFAULT_LIVENESS_TIMEOUT_S = 60.0
+
+# The health server: probes and scrapes finish in milliseconds, so a connection that has
+# not sent its request and read the answer within this is idle or slow on purpose.
+CONNECTION_TIMEOUT_S = 5.0
+# Open connections at once. Each costs a socket (no thread); this keeps a flood well
+# inside the usual 1024 file descriptors, leaving room for Kafka and Triton's sockets.
+MAX_CONNECTIONS = 256
+# A request line and headers fit here (probes send ~100 bytes); more is refused.
+MAX_REQUEST_HEAD_BYTES = 8192
+LISTEN_BACKLOG = 128
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -163,61 +175,160 @@ class Health:
 
 
 class HealthServer:
-    """``/metrics``, ``/healthz``, ``/readyz`` on one port, served from a daemon thread."""
+    """``/metrics``, ``/healthz``, ``/readyz`` on one port, served from one daemon thread.
 
-    def __init__(self, host: str, port: int, metrics: WorkerMetrics, health: Health) -> None:
+    One asyncio loop serves every connection, so an idle or slow client costs a socket,
+    never a thread: a flood of them cannot exhaust the process's threads (which Kafka's
+    exactly-once producer also needs for each transactional call). Each connection gets
+    ``connection_timeout_s`` in all to send its request and read the answer, then is
+    closed; at most ``max_connections`` are open, and when a new one arrives at the cap
+    the oldest still waiting for its request is closed to make room, so a probe gets in
+    even while the cap is full of idle clients. One request per connection
+    (``Connection: close``), which every prober and Prometheus handle.
+
+    The socket is bound in the constructor: a port already taken fails at start-up.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: WorkerMetrics,
+        health: Health,
+        *,
+        connection_timeout_s: float = CONNECTION_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self._metrics = metrics
         self._health = health
-        handler = self._handler()
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="worker-health", daemon=True
-        )
+        self._timeout_s = connection_timeout_s
+        self._max_connections = max_connections
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+        self._loop = asyncio.new_event_loop()
+        # Open connections, oldest first; True while still waiting for the request.
+        self._connections: dict[asyncio.StreamWriter, bool] = {}
+        self._thread = threading.Thread(target=self._serve, name="worker-health", daemon=True)
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def open_connections(self) -> int:
+        """Connections held open now (for tests and debugging)."""
+        return len(self._connections)
 
     def __enter__(self) -> HealthServer:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+        else:
+            self._socket.close()
+            self._loop.close()
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    # --- the loop thread -------------------------------------------------------------
+
+    def _serve(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        server = loop.run_until_complete(
+            asyncio.start_server(
+                self._handle,
+                sock=self._socket,
+                limit=MAX_REQUEST_HEAD_BYTES,
+                backlog=LISTEN_BACKLOG,
+            )
+        )
+        try:
+            loop.run_forever()
+        finally:
+            server.close()
+            for writer in list(self._connections):
+                writer.transport.abort()
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(server.wait_closed())
+            loop.close()
+
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        if len(self._connections) >= self._max_connections:
+            oldest_idle = next((w for w, waiting in self._connections.items() if waiting), None)
+            if oldest_idle is None:  # all busy answering (each for at most the timeout)
+                writer.transport.abort()
+                return False
+            del self._connections[oldest_idle]
+            oldest_idle.transport.abort()
+        self._connections[writer] = True
+        return True
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._admit(writer):
+            return
+        clean = False
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                head = await reader.readuntil(b"\r\n\r\n")
+                if writer not in self._connections:
+                    return  # evicted meanwhile
+                self._connections[writer] = False
+                writer.write(self._answer(head))
+                await writer.drain()
+                clean = True
+        except (
+            TimeoutError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
+            pass  # idle, slow, gone or oversized: nothing to answer
+        finally:
+            self._connections.pop(writer, None)
+            if clean:
+                writer.close()  # graceful: the answer is delivered
+            else:
+                writer.transport.abort()
+
+    def _answer(self, head: bytes) -> bytes:
+        """The whole HTTP response to a request whose line and headers are ``head``."""
+        request_line = head.split(b"\r\n", 1)[0].split()
+        if len(request_line) != 3 or not request_line[2].startswith(b"HTTP/"):
+            return _response(400, b"bad request\n")
+        method, target = request_line[0], request_line[1]
+        if method not in {b"GET", b"HEAD"}:
+            return _response(405, b"only GET\n")
+        status, body, content_type = self._route(target.split(b"?", 1)[0])
+        return _response(status, body, content_type, head_only=method == b"HEAD")
+
+    def _route(self, path: bytes) -> tuple[int, bytes, str]:
         metrics, health = self._metrics, self._health
+        if path == b"/metrics":
+            metrics.ready.set(1 if health.ready else 0)
+            return 200, metrics.render(), CONTENT_TYPE_LATEST
+        if path == b"/healthz":
+            ok = health.alive
+            return (200 if ok else 503), (b"ok\n" if ok else b"loop stalled\n"), "text/plain"
+        if path == b"/readyz":
+            return (200 if health.ready else 503), f"{health.reason}\n".encode(), "text/plain"
+        return 404, b"not found: try /metrics, /healthz, /readyz\n", "text/plain"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    metrics.ready.set(1 if health.ready else 0)
-                    self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    ok = health.alive
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"loop stalled\n")
-                elif path == "/readyz":
-                    ok = health.ready
-                    self._send(200 if ok else 503, f"{health.reason}\n".encode())
-                else:
-                    self._send(404, b"not found: try /metrics, /healthz, /readyz\n")
 
-            def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                # Probes every few seconds would drown the worker's own log lines.
-                return
-
-        return Handler
+def _response(
+    status: int, body: bytes, content_type: str = "text/plain", *, head_only: bool = False
+) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + (b"" if head_only else body)
 
 
 @dataclass

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 
-from worker.observability import Health, HealthServer, WorkerMetrics
+import pytest
+
+from worker.observability import (
+    MAX_CONNECTIONS,
+    MAX_REQUEST_HEAD_BYTES,
+    Health,
+    HealthServer,
+    WorkerMetrics,
+)
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -55,3 +67,130 @@ def test_two_workers_have_separate_registries() -> None:
     first.published.inc()
     assert b"emotion_worker_published_total 1.0" in first.render()
     assert b"emotion_worker_published_total 0.0" in second.render()
+
+
+# --- idle and slow clients -----------------------------------------------------------
+# The guarantee: a probe is answered within PROBE_BOUND_S whatever idle clients hold, no
+# thread is spent on them, and each is closed once its connection timeout has passed.
+PROBE_BOUND_S = 1.0
+IDLE_CLIENTS = 300
+# Closing is done by the server's own loop a moment after the timeout; a busy 2-core box
+# may add a second or two before the test thread sees it.
+CLOSE_MARGIN_S = 3.0
+
+
+def timed_get(port: int, path: str) -> tuple[int, float]:
+    started = time.monotonic()
+    status, _ = get(port, path)
+    return status, time.monotonic() - started
+
+
+def closed_by_server(client: socket.socket, within_s: float) -> bool:
+    client.settimeout(within_s)
+    try:
+        return client.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def open_idle_clients(port: int, count: int) -> list[socket.socket]:
+    clients = []
+    for i in range(count):
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if i % 2:  # half send part of a request, half nothing at all
+            client.sendall(b"GET /heal")
+        clients.append(client)
+    return clients
+
+
+def test_idle_clients_cost_no_threads_and_cannot_delay_probes() -> None:
+    metrics, health = WorkerMetrics(), Health()
+    threads_before = threading.active_count()
+    timeout_s = 2.0
+    with (
+        HealthServer("127.0.0.1", 0, metrics, health, connection_timeout_s=timeout_s) as server,
+        contextlib.ExitStack() as stack,
+    ):
+        opened = time.monotonic()
+        clients = open_idle_clients(server.port, IDLE_CLIENTS)
+        for client in clients:
+            stack.callback(client.close)
+
+        for path in ("/healthz", "/metrics", "/healthz"):
+            status, seconds = timed_get(server.port, path)
+            assert status == 200
+            assert seconds < PROBE_BOUND_S, f"{path} took {seconds:.2f} s"
+        # The server's one thread, whatever the number of clients.
+        assert threading.active_count() <= threads_before + 1
+        assert server.open_connections <= MAX_CONNECTIONS
+
+        deadline = opened + timeout_s + CLOSE_MARGIN_S
+        still_open = [
+            c for c in clients if not closed_by_server(c, max(deadline - time.monotonic(), 0.01))
+        ]
+        assert not still_open, f"{len(still_open)} idle connections outlived the timeout"
+        assert server.open_connections == 0
+
+
+def test_a_client_trickling_its_request_is_cut_off_at_the_timeout() -> None:
+    timeout_s = 1.0
+    with HealthServer(
+        "127.0.0.1", 0, WorkerMetrics(), Health(), connection_timeout_s=timeout_s
+    ) as server:
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        with client:
+            started = time.monotonic()
+            closed = False
+            for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+                try:
+                    client.sendall(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+                if closed_by_server(client, 0.1):
+                    closed = True
+                    break
+            assert closed, "a trickling client kept its connection past 10 s"
+            assert time.monotonic() - started < timeout_s + CLOSE_MARGIN_S
+
+
+def test_at_the_cap_the_oldest_idle_client_makes_room_for_a_probe() -> None:
+    cap = 20
+    with HealthServer(
+        "127.0.0.1", 0, WorkerMetrics(), Health(), max_connections=cap, connection_timeout_s=30
+    ) as server:
+        clients = open_idle_clients(server.port, 2 * cap)
+        try:
+            status, seconds = timed_get(server.port, "/healthz")
+            assert status == 200 and seconds < PROBE_BOUND_S
+            assert server.open_connections <= cap
+            # The first ones were closed to make room; the newest are still held.
+            assert closed_by_server(clients[0], 2.0)
+            assert not closed_by_server(clients[-1], 0.2)
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_oversized_or_malformed_requests_get_no_thread_and_a_short_answer() -> None:
+    with HealthServer("127.0.0.1", 0, WorkerMetrics(), Health()) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            client.sendall(b"GET /" + b"a" * (MAX_REQUEST_HEAD_BYTES + 10))
+            assert closed_by_server(client, 5.0)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            client.sendall(b"hello\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.1 400")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            client.sendall(b"POST /metrics HTTP/1.1\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.1 405")
+        assert get(server.port, "/healthz")[0] == 200
+
+
+def test_a_taken_port_fails_at_construction() -> None:
+    with (
+        HealthServer("127.0.0.1", 0, WorkerMetrics(), Health()) as server,
+        pytest.raises(OSError),
+    ):
+        HealthServer("127.0.0.1", server.port, WorkerMetrics(), Health())
