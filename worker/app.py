@@ -376,6 +376,11 @@ class Worker:
                 )
                 self.metrics_port = server.port
             self._log.info("starting", settings=s.redacted(), metrics_port=self.metrics_port)
+            if s.password_in_clear:  # allowed by the operator, said once
+                self._log.warning(
+                    "the SASL password crosses the network in clear (SASL_PLAINTEXT with "
+                    "PLAIN), as EMOTION_STREAM_ALLOW_CLEARTEXT_PASSWORD allows"
+                )
             self._check_failpoint()
             self._tokenizer = self._make_tokenizer(s)
             labels = self._labels if self._labels is not None else self._read_labels()

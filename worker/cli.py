@@ -1,9 +1,12 @@
 """``emotion-stream worker``: build the settings, run the Worker until SIGTERM/SIGINT.
 
 Every setting is an ``EMOTION_STREAM_*`` environment variable and also an option
-(``--max-batch-size 16``); options win. Exit codes: 0 after a clean stop, 2 when a
-setting is invalid (one message naming each bad setting), 1 when the worker cannot
-work as configured (e.g. the model does not match, a topic refuses writes).
+(``--max-batch-size 16``); options win. Secrets are the exception: a command line shows
+in ``ps``, ``/proc/<pid>/cmdline`` and container specs, so they have no option — only
+their variable and its ``*_FILE`` twin (``EMOTION_STREAM_SASL_PASSWORD_FILE``).
+Exit codes: 0 after a clean stop, 2 when a setting is invalid (one message naming
+each bad setting), 1 when the worker cannot work as configured (e.g. the model does
+not match, a topic refuses writes).
 """
 
 from __future__ import annotations
@@ -18,20 +21,52 @@ from pydantic import ValidationError
 
 from worker.errors import FatalError
 from worker.observability import configure_logging
-from worker.settings import WorkerSettings, describe_validation_error, env_name
+from worker.settings import SECRET_FIELDS, WorkerSettings, describe_validation_error, env_name
 
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_BAD_SETTINGS = 2
 
 
+def _option(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+class SecretOnCommandLineError(ValueError):
+    """A secret given as an option; the message names its variables, never the value."""
+
+
+def refuse_secret_options(argv: list[str]) -> None:
+    """Stop before parsing when a secret was given as an option.
+
+    argparse would otherwise echo the value in its "unrecognized arguments" error.
+
+    Raises
+    ------
+    SecretOnCommandLineError
+        An argument is ``--<secret>`` or ``--<secret>=...``.
+    """
+    for field in sorted(SECRET_FIELDS):
+        option = _option(field)
+        if any(arg == option or arg.startswith(option + "=") for arg in argv):
+            raise SecretOnCommandLineError(
+                f"{option} is not accepted: a command line shows in ps and /proc; set "
+                f"{env_name(field)} or {env_name(field + '_file')} (a file holding it)"
+            )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emotion-stream worker",
         description="Consume tweets, classify them through Triton, publish results. "
-        "Each option can also be set by its environment variable.",
+        "Each option can also be set by its environment variable; secrets only by theirs.",
+        # Without this, "--sasl-password VALUE" would pass as an abbreviation of
+        # --sasl-password-file and the password would be taken for a path.
+        allow_abbrev=False,
     )
     for name, field in WorkerSettings.model_fields.items():
+        if name in SECRET_FIELDS:
+            continue
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
@@ -47,9 +82,12 @@ def build_settings(argv: list[str]) -> WorkerSettings:
 
     Raises
     ------
+    SecretOnCommandLineError
+        A secret was given as an option (they have none).
     ValidationError
         A value is invalid; :func:`describe_validation_error` names each one.
     """
+    refuse_secret_options(argv)
     args = _parser().parse_args(argv)
     overrides = {name: value for name, value in vars(args).items() if value is not None}
     return WorkerSettings(**overrides)
@@ -59,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         settings = build_settings(args)
+    except SecretOnCommandLineError as exc:
+        print(f"emotion-stream worker: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
     except ValidationError as exc:
         print(
             "emotion-stream worker: invalid settings\n" + describe_validation_error(exc),

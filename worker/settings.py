@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from emotion_stream.layout import DEFAULT_MODEL_NAME, ModelLayout, default_repository
+from worker.security import KafkaSecurity, secret_from, triton_tls_problems
 
 ENV_PREFIX = "EMOTION_STREAM_"
 
@@ -95,7 +96,16 @@ class WorkerSettings(BaseSettings):
     """SASL user name."""
 
     sasl_password: SecretStr | None = None
-    """SASL password; never logged, never shown in errors."""
+    """SASL password; never logged, never shown in errors. Environment only (no option:
+    a command line shows in ``ps``); or ``sasl_password_file``."""
+
+    sasl_password_file: Path | None = None
+    """File holding the SASL password (a mounted Docker/Kubernetes secret), read at
+    start-up, trailing newline stripped; instead of ``sasl_password``, not with it."""
+
+    allow_cleartext_password: bool = False
+    """Accept ``SASL_PLAINTEXT`` with ``PLAIN``, which sends the password readable on the
+    network (logged as a warning at start-up); refused without it."""
 
     ssl_cafile: Path | None = None
     """PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL)."""
@@ -225,6 +235,36 @@ class WorkerSettings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """A ``*_file`` setting's secret becomes the secret, read once, here at start-up."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for field in SECRET_FIELDS:
+            file = data.get(field + "_file")
+            secret = secret_from(data.get(field), file, name=env_name, field=field)
+            if secret is not None:
+                data[field] = secret
+        return data
+
+    @model_validator(mode="after")
+    def _security_fails_closed(self) -> WorkerSettings:
+        """A security setting given without the one it needs stops start-up (see
+        :mod:`worker.security`): ignoring it would leave the operator believing in a
+        protection that is not there."""
+        problems = self.kafka_client_security.problems(env_name) + triton_tls_problems(
+            ssl=self.triton_ssl,
+            root_certificates=self.triton_root_certificates,
+            private_key=self.triton_private_key,
+            certificate_chain=self.triton_certificate_chain,
+            name=env_name,
+        )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
         e = env_name
@@ -288,23 +328,31 @@ class WorkerSettings(BaseSettings):
     def metrics_enabled(self) -> bool:
         return self.metrics_port != METRICS_DISABLED
 
+    @property
+    def kafka_client_security(self) -> KafkaSecurity:
+        """The Kafka security settings as one value (shared with the produce/consume tools)."""
+        return KafkaSecurity(
+            security_protocol=self.security_protocol,
+            sasl_mechanism=self.sasl_mechanism,
+            sasl_username=self.sasl_username,
+            sasl_password=self.sasl_password,
+            ssl_cafile=self.ssl_cafile,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+            allow_cleartext_password=self.allow_cleartext_password,
+        )
+
+    @property
+    def password_in_clear(self) -> bool:
+        """SASL_PLAINTEXT with PLAIN: allowed only by ``allow_cleartext_password``."""
+        return self.kafka_client_security.password_in_clear
+
     def kafka_security(self) -> dict[str, Any]:
         """Keyword arguments for kafka-python clients (consumer, producer) — secrets included.
 
         Never log the result.
         """
-        options: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.security_protocol.startswith("SASL"):
-            options["sasl_mechanism"] = self.sasl_mechanism
-            options["sasl_plain_username"] = self.sasl_username
-            if self.sasl_password is not None:
-                options["sasl_plain_password"] = self.sasl_password.get_secret_value()
-        if self.security_protocol in {"SSL", "SASL_SSL"}:
-            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-                path = getattr(self, name)
-                if path is not None:
-                    options[name] = str(path)
-        return options
+        return self.kafka_client_security.client_options()
 
     def redacted(self) -> dict[str, Any]:
         """The settings as plain values for the startup log; secrets shown as ``**********``."""
