@@ -21,38 +21,12 @@ from pydantic import ValidationError
 
 from worker.errors import FatalError
 from worker.observability import configure_logging
+from worker.security import SecretOnCommandLineError, refuse_secret_options
 from worker.settings import SECRET_FIELDS, WorkerSettings, describe_validation_error, env_name
 
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_BAD_SETTINGS = 2
-
-
-def _option(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
-class SecretOnCommandLineError(ValueError):
-    """A secret given as an option; the message names its variables, never the value."""
-
-
-def refuse_secret_options(argv: list[str]) -> None:
-    """Stop before parsing when a secret was given as an option.
-
-    argparse would otherwise echo the value in its "unrecognized arguments" error.
-
-    Raises
-    ------
-    SecretOnCommandLineError
-        An argument is ``--<secret>`` or ``--<secret>=...``.
-    """
-    for field in sorted(SECRET_FIELDS):
-        option = _option(field)
-        if any(arg == option or arg.startswith(option + "=") for arg in argv):
-            raise SecretOnCommandLineError(
-                f"{option} is not accepted: a command line shows in ps and /proc; set "
-                f"{env_name(field)} or {env_name(field + '_file')} (a file holding it)"
-            )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,7 +61,7 @@ def build_settings(argv: list[str]) -> WorkerSettings:
     ValidationError
         A value is invalid; :func:`describe_validation_error` names each one.
     """
-    refuse_secret_options(argv)
+    refuse_secret_options(argv, SECRET_FIELDS, env_name)
     args = _parser().parse_args(argv)
     overrides = {name: value for name, value in vars(args).items() if value is not None}
     return WorkerSettings(**overrides)

@@ -11,7 +11,7 @@ No Kafka or gRPC import here: the settings are checked before any client exists.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,36 @@ def secret_from(value: object, file: object, *, name: Namer, field: str) -> str 
             f"{name(field)} and {name(file_field)} are both set: give the secret one way"
         )
     return read_secret_file(Path(str(file)), name(file_field))
+
+
+class SecretOnCommandLineError(ValueError):
+    """A secret given as an option; the message names its variables, never the value."""
+
+
+def option(field: str) -> str:
+    """The command-line option of a setting: ``ssl_cafile`` -> ``--ssl-cafile``."""
+    return "--" + field.replace("_", "-")
+
+
+def refuse_secret_options(argv: Iterable[str], secret_fields: Iterable[str], env: Namer) -> None:
+    """Stop before parsing when a secret was given as an option (there is none).
+
+    A command line shows in ``ps``, ``/proc/<pid>/cmdline`` and container specs; and
+    argparse would echo the value in its "unrecognized arguments" error.
+
+    Raises
+    ------
+    SecretOnCommandLineError
+        An argument is ``--<secret>`` or ``--<secret>=...``.
+    """
+    args = list(argv)
+    for field in sorted(secret_fields):
+        flag = option(field)
+        if any(arg == flag or arg.startswith(flag + "=") for arg in args):
+            raise SecretOnCommandLineError(
+                f"{flag} is not accepted: a command line shows in ps and /proc; set "
+                f"{env(field)} or {env(field + FILE_SUFFIX)} (a file holding it)"
+            )
 
 
 @dataclass(frozen=True)

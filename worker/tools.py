@@ -7,7 +7,9 @@ the worker's results from the output topic as they arrive, one readable line per
 or the raw JSON.
 
 Both are thin: they speak the same wire format as ``kafka-console-producer`` or kcat,
-so nothing here is needed to use the worker.
+so nothing here is needed to use the worker. They take the worker's Kafka security
+settings (the same ``EMOTION_STREAM_*`` variables, or options), checked by the same
+rules (:mod:`worker.security`); the password only from the environment or a file.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,18 @@ from typing import Any, BinaryIO, TextIO
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
+from pydantic import SecretStr
 
 from worker.messages import DLQ_ERROR_CLASS, DLQ_ERROR_MESSAGE
 from worker.sample_tweets import load_sample_tweets
+from worker.security import (
+    KafkaSecurity,
+    SecretOnCommandLineError,
+    option,
+    refuse_secret_options,
+    secret_from,
+)
+from worker.settings import SECRET_FIELDS, env_name
 
 BOOTSTRAP_ENV = "EMOTION_STREAM_KAFKA_BOOTSTRAP_SERVERS"
 INPUT_TOPIC_ENV = "EMOTION_STREAM_INPUT_TOPIC"
@@ -47,6 +58,10 @@ POLL_TIMEOUT_MS = 500
 
 class ToolError(Exception):
     """A failure the user can act on; printed as one line, exit status 1."""
+
+
+class ToolSettingsError(Exception):
+    """Options or variables that cannot work together; printed as given, exit status 2."""
 
 
 class LineError(ValueError):
@@ -173,17 +188,24 @@ def format_result(
 # --------------------------------------------------------------------------- Kafka
 
 
-def _unreachable(servers: str, timeout_s: float) -> ToolError:
+def _unreachable(servers: str, timeout_s: float, security: KafkaSecurity) -> ToolError:
+    refused = ""
+    if security.security_protocol != "PLAINTEXT":
+        refused = (
+            f", or it refused the {security.security_protocol} connection: check the CA file, "
+            "user name and password"
+        )
     return ToolError(
         f"cannot reach Kafka at {servers} within {timeout_s:g} s "
         f"(is a broker running? 'emotion-stream local up' starts one; "
-        f"--bootstrap-servers or ${BOOTSTRAP_ENV} picks another)"
+        f"--bootstrap-servers or ${BOOTSTRAP_ENV} picks another{refused})"
     )
 
 
-def _make_producer(servers: str, timeout_s: float) -> Any:
+def _make_producer(servers: str, timeout_s: float, security: KafkaSecurity) -> Any:
     try:
         return KafkaProducer(
+            **security.client_options(),
             bootstrap_servers=servers,
             client_id="emotion-stream-produce",
             acks="all",
@@ -194,13 +216,14 @@ def _make_producer(servers: str, timeout_s: float) -> Any:
             max_block_ms=int(timeout_s * 1000),
         )
     except KafkaError:
-        raise _unreachable(servers, timeout_s) from None
+        raise _unreachable(servers, timeout_s, security) from None
 
 
-def _make_consumer(args: argparse.Namespace) -> Any:
+def _make_consumer(args: argparse.Namespace, security: KafkaSecurity) -> Any:
     try:
         return KafkaConsumer(
             args.topic,
+            **security.client_options(),
             bootstrap_servers=args.bootstrap_servers,
             client_id="emotion-stream-consume",
             group_id=args.group,
@@ -212,7 +235,7 @@ def _make_consumer(args: argparse.Namespace) -> Any:
             bootstrap_timeout_ms=int(args.connect_timeout * 1000),
         )
     except KafkaError:
-        raise _unreachable(args.bootstrap_servers, args.connect_timeout) from None
+        raise _unreachable(args.bootstrap_servers, args.connect_timeout, security) from None
 
 
 @dataclass
@@ -257,14 +280,27 @@ def _parsed(
             yield record
 
 
-def produce(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: BinaryIO) -> int:
+def produce(
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    stdin: BinaryIO,
+    *,
+    security: KafkaSecurity | None = None,
+) -> int:
     """Send records to the input topic; print how many were sent and acknowledged."""
     with ExitStack() as stack:
-        return _produce(args, out, err, stdin, stack)
+        return _produce(args, out, err, stdin, stack, security=security or KafkaSecurity())
 
 
 def _produce(
-    args: argparse.Namespace, out: TextIO, err: TextIO, stdin: BinaryIO, stack: ExitStack
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    stdin: BinaryIO,
+    stack: ExitStack,
+    *,
+    security: KafkaSecurity,
 ) -> int:
     report = ProduceReport()
     if args.sample:
@@ -274,7 +310,7 @@ def _produce(
         if lines.isatty():
             print("type tweets, one per line (plain text or JSON); Ctrl-D sends", file=err)
         records = _parsed(lines, verbatim=args.verbatim, report=report, err=err)
-    producer = _make_producer(args.bootstrap_servers, args.connect_timeout)
+    producer = _make_producer(args.bootstrap_servers, args.connect_timeout, security)
     started = time.monotonic()
     interrupted = False
     try:
@@ -318,9 +354,11 @@ def _produce(
     return 0
 
 
-def consume(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def consume(
+    args: argparse.Namespace, out: TextIO, err: TextIO, *, security: KafkaSecurity | None = None
+) -> int:
     """Print records from the output topic until told to stop."""
-    consumer = _make_consumer(args)
+    consumer = _make_consumer(args, security or KafkaSecurity())
     shown = 0
     idle_since = time.monotonic()
     try:
@@ -391,11 +429,109 @@ def _common_options(parser: argparse.ArgumentParser, topic_env: str, topic: str)
     )
 
 
+_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+def _security_options(parser: argparse.ArgumentParser) -> None:
+    """The worker's Kafka security settings, each defaulting to the worker's variable."""
+    group = parser.add_argument_group(
+        "security",
+        "as the worker's settings; each defaults to its EMOTION_STREAM_* variable. The "
+        f"password has no option (a command line shows in ps): ${env_name('sasl_password')} "
+        f"or a file holding it, --sasl-password-file / ${env_name('sasl_password_file')}",
+    )
+
+    def add(field: str, help_: str, **kwargs: Any) -> None:
+        group.add_argument(
+            option(field),
+            dest=field,
+            default=os.environ.get(env_name(field)) or None,
+            help=f"{help_} [${env_name(field)}]",
+            **kwargs,
+        )
+
+    add("security_protocol", "PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL")
+    add("sasl_mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", metavar="MECHANISM")
+    add("sasl_username", "SASL user name", metavar="USER")
+    add("sasl_password_file", "file holding the SASL password", metavar="FILE")
+    add("ssl_cafile", "PEM file of the CA that signed the brokers' certificates", metavar="FILE")
+    add("ssl_certfile", "PEM client certificate (mutual TLS)", metavar="FILE")
+    add("ssl_keyfile", "PEM private key of --ssl-certfile", metavar="FILE")
+    group.add_argument(
+        option("allow_cleartext_password"),
+        dest="allow_cleartext_password",
+        action="store_true",
+        default=os.environ.get(env_name("allow_cleartext_password"), "").lower() in _TRUE,
+        help="accept SASL_PLAINTEXT with PLAIN, which sends the password in clear "
+        f"[${env_name('allow_cleartext_password')}]",
+    )
+
+
+def _setting_name(field: str) -> str:
+    """How the tools name a setting: its option (if any) and its variable."""
+    if field in SECRET_FIELDS:
+        return f"${env_name(field)}"
+    return f"{option(field)} (${env_name(field)})"
+
+
+def client_security(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> KafkaSecurity:
+    """The Kafka security settings from the options and the environment, checked.
+
+    Raises
+    ------
+    ToolSettingsError
+        A value is not one of the choices, a setting lacks the one it needs, or the
+        password file cannot give the password; one line each, naming them.
+    """
+    protocol = (args.security_protocol or "PLAINTEXT").upper()
+    mechanism = args.sasl_mechanism.upper() if args.sasl_mechanism else None
+    problems = []
+    if protocol not in _PROTOCOLS:
+        problems.append(f"{_setting_name('security_protocol')}: not one of {', '.join(_PROTOCOLS)}")
+    if mechanism is not None and mechanism not in _MECHANISMS:
+        problems.append(f"{_setting_name('sasl_mechanism')}: not one of {', '.join(_MECHANISMS)}")
+    try:
+        password = secret_from(
+            environ.get(env_name("sasl_password")) or None,
+            args.sasl_password_file,
+            name=_setting_name,
+            field="sasl_password",
+        )
+    except ValueError as error:
+        problems.append(str(error))
+        password = None
+    if problems:
+        raise ToolSettingsError("\n".join(problems))
+
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    security = KafkaSecurity(
+        security_protocol=protocol,
+        sasl_mechanism=mechanism,
+        sasl_username=args.sasl_username,
+        sasl_password=SecretStr(password) if isinstance(password, str) else password,
+        ssl_cafile=path(args.ssl_cafile),
+        ssl_certfile=path(args.ssl_certfile),
+        ssl_keyfile=path(args.ssl_keyfile),
+        allow_cleartext_password=args.allow_cleartext_password,
+    )
+    problems = security.problems(_setting_name)
+    if problems:
+        raise ToolSettingsError("\n".join(problems))
+    return security
+
+
 def build_parser(command: str) -> argparse.ArgumentParser:
     """The argument parser of ``emotion-stream produce`` or ``emotion-stream consume``."""
     if command == "produce":
         parser = argparse.ArgumentParser(
             prog="emotion-stream produce",
+            allow_abbrev=False,  # --sasl-password must never pass for --sasl-password-file
             description="Send tweets to the input topic. Each line is a JSON object with "
             '"text" and an optional "id" (the Kafka key; other fields reach the result\'s '
             '"meta"), or plain text. Blank lines are skipped.',
@@ -417,9 +553,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             help="send every line's bytes unchecked and unkeyed (to try the dead-letter topic)",
         )
         _common_options(parser, INPUT_TOPIC_ENV, DEFAULT_INPUT_TOPIC)
+        _security_options(parser)
         return parser
     parser = argparse.ArgumentParser(
         prog="emotion-stream consume",
+        allow_abbrev=False,
         description="Print classified tweets from the output topic as they arrive: "
         "label, score, id and text, one line each (--json for the raw results). "
         "Ctrl-C stops.",
@@ -445,6 +583,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         "(default: none, nothing committed)",
     )
     _common_options(parser, OUTPUT_TOPIC_ENV, DEFAULT_OUTPUT_TOPIC)
+    _security_options(parser)
     return parser
 
 
@@ -454,15 +593,23 @@ def main(argv: Sequence[str]) -> int:
         print("usage: emotion-stream produce|consume [options]", file=sys.stderr)
         return 2
     command, rest = argv[0], list(argv[1:])
-    args = build_parser(command).parse_args(rest)
     prog = f"emotion-stream {command}"
+    try:
+        refuse_secret_options(rest, SECRET_FIELDS, env_name)
+        args = build_parser(command).parse_args(rest)
+        security = client_security(args)
+    except (SecretOnCommandLineError, ToolSettingsError) as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 2
+    if security.password_in_clear:
+        print(f"{prog}: warning: the SASL password crosses the network in clear", file=sys.stderr)
     try:
         if command == "produce":
             if args.sample and args.file != "-":
                 print(f"{prog}: give a FILE or --sample, not both", file=sys.stderr)
                 return 2
-            return produce(args, sys.stdout, sys.stderr, sys.stdin.buffer)
-        return consume(args, sys.stdout, sys.stderr)
+            return produce(args, sys.stdout, sys.stderr, sys.stdin.buffer, security=security)
+        return consume(args, sys.stdout, sys.stderr, security=security)
     except ToolError as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return 1

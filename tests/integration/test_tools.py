@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,11 +12,17 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
+from compose.embedded import SCRAM_MECHANISM
+from tests.support.secure_fixtures import WORKER_USER, SecureKafkaFactory
 from worker.tools import main
 
 pytestmark = pytest.mark.integration
 
 CONSUME_IDLE_S = "20"
+# A refused login is only seen as a bootstrap that never completes: the tool gives up at
+# its connect timeout; the margin covers closing the client on a busy machine.
+WRONG_LOGIN_TIMEOUT_S = "10"
+WRONG_LOGIN_MARGIN_S = 20.0
 
 
 def _create_topic(servers: str, topic: str) -> None:
@@ -130,3 +138,68 @@ def test_consume_never_shows_results_of_an_aborted_transaction(
     captured = capsys.readouterr()
     assert [json.loads(line)["id"] for line in captured.out.splitlines()] == ["kept"]
     assert "1 of 2 messages" in captured.err
+
+
+def test_produce_and_consume_over_sasl_ssl_with_the_workers_settings(
+    secure_kafka_broker: SecureKafkaFactory,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The tools feed and read a SASL_SSL listener: produce with the password in a file
+    (given as an option), consume with the worker's variables alone."""
+    secure = secure_kafka_broker()
+    topic = unique_name("tools-secure")
+    _create_topic(secure.bootstrap_servers, topic)  # over the harness's PLAINTEXT listener
+    password = secure.password(WORKER_USER)
+    secret = tmp_path / "password"
+    secret.write_text(password + "\n")
+    lines = tmp_path / "tweets.jsonl"
+    lines.write_text('{"id": "s-1", "text": "over TLS"}\n{"id": "s-2", "text": "and SCRAM"}\n')
+    for name in [n for n in os.environ if n.startswith("EMOTION_STREAM_")]:
+        monkeypatch.delenv(name)
+
+    security = [
+        "--security-protocol",
+        "SASL_SSL",
+        "--sasl-mechanism",
+        SCRAM_MECHANISM,
+        "--sasl-username",
+        WORKER_USER,
+        "--ssl-cafile",
+        str(secure.tls.ca_cert),
+    ]
+    produce = ["produce", str(lines), "--topic", topic, *security]
+    servers = ["--bootstrap-servers", secure.secure_bootstrap_servers]
+    assert main([*produce, *servers, "--sasl-password-file", str(secret)]) == 0
+    assert "2 sent, 2 acknowledged" in capsys.readouterr().out
+    records = _read_all(secure.bootstrap_servers, topic, 2)
+    assert sorted(r.key for r in records) == [b"s-1", b"s-2"]
+
+    for name, value in {
+        "EMOTION_STREAM_KAFKA_BOOTSTRAP_SERVERS": secure.secure_bootstrap_servers,
+        "EMOTION_STREAM_SECURITY_PROTOCOL": "SASL_SSL",
+        "EMOTION_STREAM_SASL_MECHANISM": SCRAM_MECHANISM,
+        "EMOTION_STREAM_SASL_USERNAME": WORKER_USER,
+        "EMOTION_STREAM_SASL_PASSWORD": password,
+        "EMOTION_STREAM_SSL_CAFILE": str(secure.tls.ca_cert),
+    }.items():
+        monkeypatch.setenv(name, value)
+    consume = ["consume", "--topic", topic, "--from-beginning", "--json", "--max-messages", "2"]
+    assert main([*consume, "--timeout", CONSUME_IDLE_S]) == 0
+    captured = capsys.readouterr()
+    assert sorted(json.loads(line)["id"] for line in captured.out.splitlines()) == ["s-1", "s-2"]
+    assert password not in captured.out + captured.err
+
+    # A wrong password: one clear line, exit 1, within the connect timeout (plus start-up).
+    secret.write_text("not-the-password\n")
+    monkeypatch.delenv("EMOTION_STREAM_SASL_PASSWORD")
+    monkeypatch.setenv("EMOTION_STREAM_SASL_PASSWORD_FILE", str(secret))
+    started = time.monotonic()
+    assert main([*consume, "--timeout", "5", "--connect-timeout", WRONG_LOGIN_TIMEOUT_S]) == 1
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert "refused the SASL_SSL connection" in err, err
+    assert "not-the-password" not in err and password not in err
+    assert elapsed < float(WRONG_LOGIN_TIMEOUT_S) + WRONG_LOGIN_MARGIN_S

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from worker.sample_tweets import BUILT_IN_SAMPLE, SampleTweet, load_sample_tweets
-from worker.tools import LineError, OutgoingTweet, format_result, main, parse_line, sample_records
+from worker.security import KafkaSecurity
+from worker.tools import (
+    LineError,
+    OutgoingTweet,
+    build_parser,
+    client_security,
+    format_result,
+    main,
+    parse_line,
+    sample_records,
+)
 
 
 def test_json_object_is_sent_as_written_and_keyed_by_its_id() -> None:
@@ -150,3 +161,133 @@ def test_dead_letter_shows_its_error_and_original_value() -> None:
     line = format_result(b'{"id": "x"}', headers)
     assert line.startswith("DEAD-LETTER MissingText: no 'text' field")
     assert '{"id": "x"}' in line
+
+
+# --- security settings: the worker's, by the same rules -----------------------------
+
+PASSWORD = "tool-s3cret-value"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("EMOTION_STREAM_"):
+            monkeypatch.delenv(name)
+
+
+def security_of(command: str, *args: str, env: dict[str, str] | None = None) -> KafkaSecurity:
+    parsed = build_parser(command).parse_args(list(args))
+    return client_security(parsed, env or {})
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize("command", ["produce", "consume"])
+def test_the_tools_take_the_workers_security_settings(
+    command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = tmp_path / "password"
+    secret.write_text(PASSWORD + "\n")
+    monkeypatch.setenv("EMOTION_STREAM_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("EMOTION_STREAM_SSL_CAFILE", "/etc/ca.pem")
+    security = security_of(
+        command,
+        "--sasl-mechanism",
+        "SCRAM-SHA-512",
+        "--sasl-username",
+        "reader",
+        "--sasl-password-file",
+        str(secret),
+    )
+    assert security.client_options() == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "reader",
+        "sasl_plain_password": PASSWORD,
+        "ssl_cafile": "/etc/ca.pem",
+    }
+    # The password from the worker's variable works too.
+    security = security_of(
+        command,
+        "--sasl-mechanism",
+        "PLAIN",
+        "--sasl-username",
+        "reader",
+        env={"EMOTION_STREAM_SASL_PASSWORD": PASSWORD},
+    )
+    assert security.client_options()["sasl_plain_password"] == PASSWORD
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    ("args", "env", "names"),
+    [
+        (["--ssl-cafile", "/ca.pem"], {}, ["--ssl-cafile", "--security-protocol"]),
+        (["--sasl-username", "u"], {}, ["--sasl-username", "--security-protocol"]),
+        (
+            ["--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "PLAIN"],
+            {"EMOTION_STREAM_SASL_USERNAME": "u", "EMOTION_STREAM_SASL_PASSWORD": PASSWORD},
+            ["--allow-cleartext-password"],
+        ),
+        (["--security-protocol", "SASL_SSL"], {}, ["--sasl-mechanism"]),
+        (["--security-protocol", "TLS"], {}, ["--security-protocol"]),
+        (
+            ["--security-protocol", "SASL_SSL", "--sasl-password-file", "/nonexistent/pw"],
+            {},
+            ["--sasl-password-file", "cannot read"],
+        ),
+    ],
+)
+def test_tool_security_mistakes_exit_2_naming_the_settings(
+    args: list[str],
+    env: dict[str, str],
+    names: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # An unroutable broker: reaching the connect step would take the timeout.
+    common = ["--bootstrap-servers", "127.0.0.1:1", "--connect-timeout", "0.5"]
+    assert main(["consume", *common, *args]) == 2
+    err = capsys.readouterr().err
+    for name in names:
+        assert name in err, err
+    assert PASSWORD not in err
+
+
+@pytest.mark.parametrize("command", ["produce", "consume"])
+@pytest.mark.parametrize("arg", [["--sasl-password", PASSWORD], [f"--sasl-password={PASSWORD}"]])
+def test_the_tools_refuse_a_password_on_the_command_line(
+    command: str, arg: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, *arg]) == 2
+    err = capsys.readouterr().err
+    assert "--sasl-password is not accepted" in err
+    assert "EMOTION_STREAM_SASL_PASSWORD_FILE" in err
+    assert PASSWORD not in err
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_a_cleartext_password_is_allowed_only_when_asked_and_then_warned(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EMOTION_STREAM_SASL_PASSWORD", PASSWORD)
+    args = [
+        "consume",
+        "--bootstrap-servers",
+        "127.0.0.1:1",
+        "--connect-timeout",
+        "0.5",
+        "--security-protocol",
+        "SASL_PLAINTEXT",
+        "--sasl-mechanism",
+        "PLAIN",
+        "--sasl-username",
+        "u",
+        "--allow-cleartext-password",
+    ]
+    assert main(args) == 1  # past the settings, to the unreachable broker
+    err = capsys.readouterr().err
+    assert err.count("password crosses the network in clear") == 1
+    assert "cannot reach Kafka" in err and "refused the SASL_PLAINTEXT connection" in err
+    assert PASSWORD not in err
