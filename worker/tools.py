@@ -151,6 +151,33 @@ def sample_records(expected_field: str = "expected") -> Iterator[OutgoingTweet]:
         )
 
 
+# Characters that drive a terminal rather than show: C0 and C1 controls (ESC starts the
+# sequences that retitle a terminal or write its clipboard), the bidi controls that
+# reorder what is shown (Trojan Source, CVE-2021-42574) and the line/paragraph separators.
+_BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_TERMINAL_CONTROLS = (*range(0x20), *range(0x7F, 0xA0), *_BIDI_CONTROLS, 0x2028, 0x2029)
+_ESCAPES = {
+    code: (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}") for code in _TERMINAL_CONTROLS
+}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every terminal-driving character written as a visible escape
+    (``\\x1b``, ``\\u202e``): tweets and dead-letter headers are untrusted — anyone who can
+    write to the topics chooses them — and must never reach an operator's terminal raw."""
+    return text.translate(_ESCAPES)
+
+
+def render_record(
+    value: bytes, headers: Sequence[tuple[str, bytes]] = (), *, as_json: bool = False
+) -> str:
+    """What ``consume`` prints for one record: the readable line (escaped), or with
+    ``as_json`` the value exactly as sent (invalid UTF-8 replaced), for programs to read."""
+    if as_json:
+        return value.decode("utf-8", errors="replace")
+    return format_result(value, headers)
+
+
 def format_result(
     value: bytes, headers: Sequence[tuple[str, bytes]] = (), width: int = TEXT_WIDTH
 ) -> str:
@@ -158,8 +185,13 @@ def format_result(
 
     A dead letter (read with ``--topic tweets.dlq``) shows its error class and message
     from the worker's ``dlq.*`` headers; anything else that is not a result is shown as
-    its raw value rather than dropped.
+    its raw value rather than dropped. Control characters are escapes
+    (:func:`escape_controls`).
     """
+    return escape_controls(_readable(value, headers, width))
+
+
+def _readable(value: bytes, headers: Sequence[tuple[str, bytes]], width: int) -> str:
     context = {name: raw.decode("utf-8", errors="replace") for name, raw in headers}
     if DLQ_ERROR_CLASS in context:
         raw_value = value.decode("utf-8", errors="replace")
@@ -374,9 +406,7 @@ def consume(
                 if args.max_messages is not None and shown >= args.max_messages:
                     break
                 value: bytes = record.value or b""
-                line = value.decode("utf-8", errors="replace") if args.json else None
-                if line is None:
-                    line = format_result(value, list(record.headers or ()))
+                line = render_record(value, list(record.headers or ()), as_json=args.json)
                 print(line, file=out, flush=True)
                 shown += 1
     except KeyboardInterrupt:

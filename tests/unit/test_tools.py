@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.sample_tweets import BUILT_IN_SAMPLE, SampleTweet, load_sample_tweets
 from worker.security import KafkaSecurity
@@ -18,6 +21,7 @@ from worker.tools import (
     format_result,
     main,
     parse_line,
+    render_record,
     sample_records,
 )
 
@@ -291,3 +295,77 @@ def test_a_cleartext_password_is_allowed_only_when_asked_and_then_warned(
     assert err.count("password crosses the network in clear") == 1
     assert "cannot reach Kafka" in err and "refused the SASL_PLAINTEXT connection" in err
     assert PASSWORD not in err
+
+
+# --- untrusted text never drives the operator's terminal ----------------------------
+
+BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def drives_a_terminal(char: str) -> bool:
+    """C0, DEL, C1, the bidi controls, the line/paragraph separators."""
+    return unicodedata.category(char) in {"Cc", "Zl", "Zp"} or char in BIDI
+
+
+HOSTILE = [
+    "\x1b]0;pwned\x07",  # OSC: retitle the terminal
+    "\x1b]52;c;cm0gLXJmIH4=\x07",  # OSC 52: write the clipboard
+    "\x1b[2J\x1b[H",  # CSI: clear the screen
+    "\x9b31m",  # C1 CSI
+    "safe\u202egnp.exe",  # right-to-left override
+    "\u2066isolated\u2069\u200f",
+    "line\u2028break\x85next",
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_known_terminal_sequences_are_shown_escaped(hostile: str) -> None:
+    lines = [
+        format_result(_result(text=hostile, id=hostile, label=hostile, meta={"expected": hostile})),
+        format_result(
+            hostile.encode(),
+            [("dlq.error.class", hostile.encode()), ("dlq.error.message", hostile.encode())],
+        ),
+        format_result(hostile.encode()),  # not a result: shown raw, but escaped
+    ]
+    for line in lines:
+        assert not any(drives_a_terminal(c) for c in line), repr(line)
+
+
+def test_escapes_are_visible_and_ordinary_text_is_left_alone() -> None:
+    assert format_result(_result(text="\x1b]0;pwned\x07")).endswith("\\x1b]0;pwned\\x07")
+    assert format_result(_result(text="a\u202eb")).endswith("a\\u202eb")
+    # Emoji (with their zero-width joiners), accents and CJK are text, not controls.
+    family = "naïve café 👨\u200d👩\u200d👧 日本"
+    assert format_result(_result(text=family)).endswith(family)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(),
+    tweet_id=st.text(max_size=20),
+    label=st.text(max_size=12),
+    error_class=st.binary(max_size=40) | st.text(max_size=40).map(str.encode),
+    error_message=st.binary(max_size=80) | st.text(max_size=80).map(str.encode),
+)
+def test_no_control_or_bidi_character_survives_in_readable_output(
+    text: str, tweet_id: str, label: str, error_class: bytes, error_message: bytes
+) -> None:
+    result = _result(text=text, id=tweet_id, label=label, meta={"expected": text})
+    dead_letter = [("dlq.error.class", error_class), ("dlq.error.message", error_message)]
+    for line in (
+        render_record(result),
+        render_record(text.encode(), dead_letter),
+        render_record(text.encode()),
+    ):
+        assert not any(drives_a_terminal(c) for c in line), repr(line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(), meta=st.dictionaries(st.text(max_size=5), st.text(max_size=20)))
+def test_json_output_stays_exact(text: str, meta: dict[str, str]) -> None:
+    result = {"id": text[:5], "text": text, "label": "joy", "score": 0.5, "meta": meta}
+    for value in (json.dumps(result).encode(), json.dumps(result, ensure_ascii=False).encode()):
+        line = render_record(value, [("dlq.error.class", b"\x1b")], as_json=True)
+        assert line.encode() == value
+        assert json.loads(line) == result
