@@ -80,7 +80,13 @@ from worker.messages import (
     decode,
     result_record,
 )
-from worker.observability import Health, HealthServer, ThroughputSummary, WorkerMetrics
+from worker.observability import (
+    Health,
+    HealthServer,
+    LogRateLimit,
+    ThroughputSummary,
+    WorkerMetrics,
+)
 from worker.offsets import CommitTracker, Partition, Ticket
 from worker.settings import WorkerSettings
 from worker.tokenizing import EncodedBatch, PlannedBatch, TweetTokenizer
@@ -104,6 +110,13 @@ FLUSH_TIMEOUT_S = 30.0
 # suffices unless sends beget sends (a too-large result re-sent as a dead letter, then
 # slim); past this, the commit waits for the next interval.
 MAX_CUT_ROUNDS = 4
+# Dead letters logged in full per error class and summary interval; the rest are counted
+# in one summary line per class (the metric counts every one), so poison cannot flood logs.
+DEAD_LETTER_LOG_BURST = 5
+# A failing poll is retried after a capped exponential backoff, capped here too: the loop
+# waits in place (still beating, unlike a paused retry it cannot poll meanwhile), and
+# must stay well inside the liveness timeout (60 s) and max.poll.interval.
+POLL_RETRY_MAX_S = 5.0
 # On revocation, sends already made get this long to be acknowledged before the commit
 # (kafka-python's I/O thread waits meanwhile; acks=all on a healthy broker takes ms).
 REVOKE_FLUSH_TIMEOUT_S = 10.0
@@ -314,6 +327,11 @@ class Worker:
         self._model = ModelRef(name=settings.model_name, version=settings.model_version or "?")
         self._last_commit = 0.0
         self._summary = ThroughputSummary(settings.log_summary_interval_s)
+        self._dead_letter_log = LogRateLimit(DEAD_LETTER_LOG_BURST)
+        poll_retry_max_s = min(settings.retry_backoff_max_s, POLL_RETRY_MAX_S)
+        self._poll_backoff = Backoff(
+            min(settings.retry_backoff_initial_s, poll_retry_max_s), poll_retry_max_s
+        )
         self._summary_lock = threading.Lock()
 
         # Filled by other threads, drained by the loop thread.
@@ -416,6 +434,7 @@ class Worker:
             finally:
                 self._set_ready(False, "stopping")
             self._drain()
+            self._summarize_dead_letters()
         self._log.info("stopped")
 
     # --- startup ------------------------------------------------------------------
@@ -542,12 +561,15 @@ class Worker:
             futures.wait([self._in_flight[0].future], timeout=IDLE_POLL_S)
             timeout = 0.0
         try:
-            return self._source.poll(timeout)
+            records = self._source.poll(timeout)
         except TransientError as exc:
-            self._log.warning("poll failed, will retry", error=str(exc))
+            delay = self._poll_backoff.next_delay()
+            self._log.warning("poll failed, will retry", error=str(exc), retry_in_s=round(delay, 2))
             self.metrics.retries.labels(reason=type(exc).__name__).inc()
-            self._stop.wait(self._backoff.initial_s)
+            self._stop.wait(delay)
             return []
+        self._poll_backoff.reset()
+        return records
 
     def _flow_control(self) -> None:
         """Pause while backing off or while the backlog is full; resume otherwise."""
@@ -734,15 +756,16 @@ class Worker:
     ) -> None:
         assert self._publisher is not None
         letter = DeadLetter(record=record, error=error, worker_id=self.settings.worker_id)
-        self._log.info(
-            "dead-lettered",
-            error_class=letter.error_class,
-            error=str(error)[:200],
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            slim=slim,
-        )
+        if self._dead_letter_log.admit(letter.error_class):
+            self._log.info(
+                "dead-lettered",
+                error_class=letter.error_class,
+                error=str(error)[:200],
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                slim=slim,
+            )
 
         def acknowledged(failure: BaseException | None) -> None:  # producer thread
             if failure is not None:
@@ -1017,6 +1040,7 @@ class Worker:
     def _report(self) -> None:
         if not self._summary.due():
             return
+        self._summarize_dead_letters()
         assert self._source is not None
         with contextlib.suppress(Exception):  # lag is informative; never fail the loop on it
             for (topic, partition), lag in self._source.lag(self.tracker.next_offsets()).items():
@@ -1029,6 +1053,18 @@ class Worker:
                 in_flight=len(self._in_flight),
                 held_for_retry=sum(len(b) for b in self._retry),
                 ready=self.health.ready,
+            )
+
+    def _summarize_dead_letters(self) -> None:
+        """One line per error class whose dead letters went past the per-interval burst."""
+        seconds, suppressed = self._dead_letter_log.take_suppressed()
+        for error_class, count in sorted(suppressed.items()):
+            self._log.info(
+                "dead-lettered, not logged one by one",
+                error_class=error_class,
+                count=count,
+                seconds=round(seconds, 1),
+                logged_in_full=DEAD_LETTER_LOG_BURST,
             )
 
     def _drain(self) -> None:

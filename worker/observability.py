@@ -332,6 +332,38 @@ def _response(
 
 
 @dataclass
+class LogRateLimit:
+    """Full log lines for the first ``burst`` events of each kind per interval, then only
+    a count, so a flood (a producer sending nothing but poison) cannot flood the logs.
+
+    The owner calls :meth:`admit` per event and :meth:`take_suppressed` once per interval
+    to log one summary line per kind that went over. Not thread-safe: one thread's events.
+    """
+
+    burst: int
+    _logged: dict[str, int] = field(default_factory=dict)
+    _suppressed: dict[str, int] = field(default_factory=dict)
+    _started: float = field(default_factory=time.monotonic)
+
+    def admit(self, kind: str) -> bool:
+        """True if this event gets its own line; else it is counted for the summary."""
+        logged = self._logged.get(kind, 0)
+        if logged < self.burst:
+            self._logged[kind] = logged + 1
+            return True
+        self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+        return False
+
+    def take_suppressed(self) -> tuple[float, dict[str, int]]:
+        """Seconds since the last call and the events per kind not logged meanwhile;
+        starts a new interval."""
+        now = time.monotonic()
+        elapsed, suppressed = now - self._started, self._suppressed
+        self._logged, self._suppressed, self._started = {}, {}, now
+        return elapsed, suppressed
+
+
+@dataclass
 class ThroughputSummary:
     """Counts since the last info-level summary line."""
 
