@@ -206,7 +206,9 @@ class WorkerSettings(BaseSettings):
     port (logged), -1 disables the server."""
 
     metrics_host: str = "0.0.0.0"
-    """Address the metrics/health server binds to (``127.0.0.1`` to keep it local)."""
+    """Address the metrics/health server binds to: all interfaces by default, because in a
+    container the probes and the scraper come from outside its loopback; ``127.0.0.1``
+    keeps it local."""
 
     @field_validator("transactional_id")
     @classmethod
