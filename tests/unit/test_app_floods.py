@@ -4,7 +4,10 @@ test_app.py."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+import urllib.request
 from typing import Any
 
 import structlog
@@ -103,3 +106,28 @@ def test_the_poll_backoff_stays_inside_the_liveness_bound() -> None:
     assert worker._poll_backoff.max_s == POLL_RETRY_MAX_S
     worker = Worker(settings(retry_backoff_initial_s=0.01, retry_backoff_max_s=0.05))
     assert worker._poll_backoff.max_s == 0.05
+
+
+def test_idle_clients_on_the_metrics_port_do_not_add_worker_threads(run_worker: Any) -> None:
+    """The whole worker, not just its server: 300 idle connections cost no thread, and
+    its probes still answer within 1 s while it consumes."""
+    h = run_worker({("tweets", 0): tweets(0, 20)}, metrics_port=0, metrics_host="127.0.0.1")
+    wait_for(lambda: len(h.outputs()) == 20, "20 results")
+    wait_for(lambda: h.worker.metrics_port is not None, "the metrics port")
+    port = h.worker.metrics_port
+    assert port is not None
+    threads = threading.active_count()
+    clients = []
+    try:
+        for _ in range(300):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        for path in ("/healthz", "/readyz", "/metrics"):
+            started = time.monotonic()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+                assert answer.status == 200
+            assert time.monotonic() - started < 1.0, path
+        assert threading.active_count() <= threads
+    finally:
+        for client in clients:
+            client.close()
+    h.stop()
