@@ -209,6 +209,7 @@ class HealthServer:
         # Open connections, oldest first; True while still waiting for the request.
         self._connections: dict[asyncio.StreamWriter, bool] = {}
         self._thread = threading.Thread(target=self._serve, name="worker-health", daemon=True)
+        self._serving = threading.Event()
 
     @property
     def port(self) -> int:
@@ -221,6 +222,9 @@ class HealthServer:
 
     def __enter__(self) -> HealthServer:
         self._thread.start()
+        # Serving before the worker goes on (and before a quick exit could stop a loop
+        # that has not started the server yet).
+        self._serving.wait()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -236,14 +240,17 @@ class HealthServer:
     def _serve(self) -> None:
         loop = self._loop
         asyncio.set_event_loop(loop)
-        server = loop.run_until_complete(
-            asyncio.start_server(
-                self._handle,
-                sock=self._socket,
-                limit=MAX_REQUEST_HEAD_BYTES,
-                backlog=LISTEN_BACKLOG,
+        try:
+            server = loop.run_until_complete(
+                asyncio.start_server(
+                    self._handle,
+                    sock=self._socket,
+                    limit=MAX_REQUEST_HEAD_BYTES,
+                    backlog=LISTEN_BACKLOG,
+                )
             )
-        )
+        finally:
+            self._serving.set()
         try:
             loop.run_forever()
         finally:
@@ -281,13 +288,8 @@ class HealthServer:
                 writer.write(self._answer(head))
                 await writer.drain()
                 clean = True
-        except (
-            TimeoutError,
-            ConnectionError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-        ):
-            pass  # idle, slow, gone or oversized: nothing to answer
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # idle or slow (TimeoutError), gone, or oversized: nothing to answer
         finally:
             self._connections.pop(writer, None)
             if clean:
