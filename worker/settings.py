@@ -100,12 +100,13 @@ class WorkerSettings(BaseSettings):
     a command line shows in ``ps``); or ``sasl_password_file``."""
 
     sasl_password_file: Path | None = None
-    """File holding the SASL password (a mounted Docker/Kubernetes secret), read at
-    start-up, trailing newline stripped; instead of ``sasl_password``, not with it."""
+    """File holding the SASL password (e.g. a mounted secret), read at start-up.
+    The convention of Docker and Kubernetes secrets; trailing newline stripped; instead of
+    ``sasl_password``, not with it."""
 
     allow_cleartext_password: bool = False
-    """Accept ``SASL_PLAINTEXT`` with ``PLAIN``, which sends the password readable on the
-    network (logged as a warning at start-up); refused without it."""
+    """Accept ``SASL_PLAINTEXT`` with ``PLAIN`` (the password in clear on the network).
+    Logged as a warning at start-up; refused without it."""
 
     ssl_cafile: Path | None = None
     """PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL)."""
@@ -206,9 +207,9 @@ class WorkerSettings(BaseSettings):
     port (logged), -1 disables the server."""
 
     metrics_host: str = "0.0.0.0"
-    """Address the metrics/health server binds to: all interfaces by default, because in a
-    container the probes and the scraper come from outside its loopback; ``127.0.0.1``
-    keeps it local."""
+    """Address the metrics/health server binds to (``127.0.0.1`` to keep it local).
+    All interfaces by default: in a container the probes and the scraper come from outside
+    its loopback."""
 
     @field_validator("transactional_id")
     @classmethod
