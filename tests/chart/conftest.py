@@ -10,6 +10,12 @@ import pytest
 from tests.chart.render import helm_binary
 from tests.conftest import skip_or_fail
 
+# The integration harness's pipelines (unique topics, group, worker processes), for the
+# rendered-worker test.
+from tests.integration.conftest import make_pipeline
+
+__all__ = ["helm", "make_pipeline"]
+
 
 @pytest.fixture(scope="session")
 def helm() -> Iterator[str]:
