@@ -472,6 +472,8 @@ def test_gpu_switch(matrix: dict[tuple[str, str], Rendered]) -> None:
     # The export Job writes the GPU instance-group config the flag selects.
     job = container(gpu.one("Job", "exporter"), "exporter")
     assert "s/KIND_CPU/KIND_GPU/" in job["args"][0] and "configs/gpu.pbtxt" in job["args"][0]
+    wait = env_of(pod["initContainers"][0])
+    assert wait["MODEL_CONFIG"]["value"] == "/models/emotion-classifier/configs/gpu.pbtxt"
     cpu = container(rendered(matrix, "default").one("Deployment", "triton"), "triton")
     assert "nvidia.com/gpu" not in cpu["resources"].get("limits", {})
     assert "--model-config-name=gpu" not in cpu["args"]
@@ -558,10 +560,14 @@ def test_object_storage_repository(matrix: dict[tuple[str, str], Rendered]) -> N
             "kafka.sasl.existingSecret",
         ),
         ({"kafka": {"securityProtocol": "SASL_SSL"}}, "kafka.sasl.mechanism"),
-        ({"kafka": {"securityProtocol": "TLS"}}, "kafka.securityProtocol"),
+        # values.schema.json: Helm itself refuses unknown keys and values outside an enum.
+        ({"kafka": {"securityProtocol": "TLS"}}, "/kafka/securityProtocol"),
+        ({"kafka": {"bootstrapServer": "x:9092"}}, "'bootstrapServer' not allowed"),
+        ({"keda": {"lagTreshold": 5}}, "'lagTreshold' not allowed"),
+        ({"kafka": {"sasl": {"mechanism": "SCRAM"}}}, "/kafka/sasl/mechanism"),
         ({"worker": {"settings": {"KAFKA_BOOTSTRAP_SERVERS": "x:1"}}}, "worker.settings"),
         ({"worker": {"settings": {"EMOTION_STREAM_PADDING": "fixed"}}}, "without the"),
-        ({"worker": {"delivery": "exactly-once"}}, "worker.delivery"),
+        ({"worker": {"delivery": "exactly-once"}}, "/worker/delivery"),
         (
             {"modelRepository": {"source": "objectStorage", "objectStorage": {"url": "/data"}}},
             "s3:// or gs://",
