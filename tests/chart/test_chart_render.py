@@ -126,6 +126,15 @@ def validation_errors(obj: dict[str, Any], kube_version: str) -> list[str]:
     return []
 
 
+def empty_fields(node: Any, path: str = "") -> list[str]:
+    """Keys rendered with nothing after them (``env:`` from an empty block): YAML null."""
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in empty_fields(v, f"{path}.{k}")]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in empty_fields(v, f"{path}[{i}]")]
+    return [path] if node is None else []
+
+
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_rendered_object_is_valid(
@@ -134,6 +143,7 @@ def test_every_rendered_object_is_valid(
     objects = matrix[(name, kube_version)].objects
     assert objects, "nothing rendered"
     errors = [error for obj in objects for error in validation_errors(obj, kube_version)]
+    errors += [f"{obj['kind']}: {p} is empty" for obj in objects for p in empty_fields(obj)]
     assert not errors, "\n".join(errors)
 
 
