@@ -37,10 +37,6 @@ from worker.settings import WorkerSettings, env_name
 
 pytestmark = pytest.mark.chart
 
-# Settings the chart sets that main's WorkerSettings does not define yet: the password as a
-# file is being added in parallel (branch `harden`). Remove from here once it is merged;
-# test_worker_env_names_are_settings then holds it to the real field.
-PENDING_FILE_SETTINGS = frozenset({"EMOTION_STREAM_SASL_PASSWORD_FILE"})
 SECRETS_DIR = "/var/run/secrets/emotion-stream"
 
 
@@ -245,10 +241,9 @@ def test_validation_catches_a_wrong_field(
 def test_worker_env_names_are_settings(matrix: dict[tuple[str, str], Rendered], name: str) -> None:
     """A misspelt EMOTION_STREAM_ variable would be ignored by the worker: fail here."""
     known = {env_name(field) for field in WorkerSettings.model_fields}
-    pending = PENDING_FILE_SETTINGS - known
     env = env_of(rendered(matrix, name).worker_container)
     ours = {n for n in env if n.startswith("EMOTION_STREAM_")}
-    assert ours - known - pending == set()
+    assert ours - known == set()
 
 
 def test_worker_identity_is_the_pod_name(matrix: dict[tuple[str, str], Rendered]) -> None:
