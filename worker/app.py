@@ -767,15 +767,17 @@ class Worker:
     ) -> None:
         assert self._publisher is not None
         topic, worker_id = self.settings.dlq_topic, self.settings.worker_id
-        letter = DeadLetter(record=record, error=error, worker_id=worker_id)
+        error_class = type(error).__name__
         try:
+            letter = DeadLetter(record=record, error=error, worker_id=worker_id)
             outbound = letter.to_record(topic, slim=slim)
         except Exception as exc:  # the last line of defence: a bare one still goes out
             self._unprocessable("building its dead letter", exc, record)
             outbound = bare_dead_letter(topic, record, error, exc, worker_id)
+            error_class = Unprocessable.__name__
         self._log.info(
             "dead-lettered",
-            error_class=letter.error_class,
+            error_class=error_class,
             error=str(error)[:200],
             topic=record.topic,
             partition=record.partition,
@@ -790,7 +792,7 @@ class Worker:
                 )
                 return
             self.tracker.done(ticket)
-            self.metrics.dead_lettered.labels(error_class=letter.error_class).inc()
+            self.metrics.dead_lettered.labels(error_class=error_class).inc()
             with self._summary_lock:
                 self._summary.dead_lettered += 1
 

@@ -303,3 +303,5 @@ def test_a_dead_letter_that_cannot_be_built_goes_out_bare(
         stage="building its dead letter", exception="Boom"
     )
     assert metric._value.get() == 1
+    counted = h.worker.metrics.dead_lettered.labels(error_class="Unprocessable")
+    assert counted._value.get() == 1, "counted under the class its dead letter carries"
