@@ -305,3 +305,23 @@ def test_a_dead_letter_that_cannot_be_built_goes_out_bare(
     assert metric._value.get() == 1
     counted = h.worker.metrics.dead_lettered.labels(error_class="Unprocessable")
     assert counted._value.get() == 1, "counted under the class its dead letter carries"
+
+
+@pytest.mark.parametrize("delivery", DELIVERY_MODES)
+def test_a_record_the_client_could_not_parse_is_dead_lettered_slim(
+    run_strict: Callable[..., Harness], delivery: str
+) -> None:
+    # KafkaSource.poll's stand-in for it (tests/integration/test_transport_unparsable.py).
+    unparsable = SourceRecord(
+        "tweets", 0, 1, None, None, None, (), "CorruptRecordError: invalid header name"
+    )
+    records = [*tweets(0, 1), unparsable, record(0, 2, b'{"id": "after", "text": "fine"}')]
+    h = run_strict(delivery, {("tweets", 0): records})
+    settled(h, 3)
+    h.stop()
+    letter = letters_by_offset(h)[1]
+    headers = dict(letter.headers)
+    assert error_class(letter) == "CorruptRecord"
+    assert b"invalid header name" in headers["dlq.error.message"]
+    assert headers[DLQ_DROPPED] == b"key,value,headers"
+    assert (letter.key, letter.value) == (None, b"")
