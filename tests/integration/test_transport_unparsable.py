@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import confluent_kafka
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.errors import CorruptRecordError
 
+from tests.support.kafka_records import produce_unparsable, produce_with_librdkafka
 from tests.support.service_fixtures import KafkaService
 from worker.messages import SourceRecord
 from worker.settings import WorkerSettings
@@ -27,7 +27,6 @@ pytestmark = pytest.mark.integration
 # Bounded reading: a fresh group joins and fetches within seconds on a busy machine.
 READ_TIMEOUT_S = 60.0
 POLL_S = 0.5
-NOT_UTF8_NAME = b"caf\xe9-\xff"
 
 
 class _NoRebalanceWork:
@@ -39,50 +38,6 @@ class _NoRebalanceWork:
 
     def on_lost(self, partitions: set[tuple[str, int]]) -> None:
         pass
-
-
-class RawHeaderName(str):
-    """A header name kafka-python's producer writes as raw bytes: its record builder
-    calls ``name.encode("utf-8")``. confluent-kafka turns a bytes name into its repr,
-    so neither Python client sends a non-UTF-8 name plainly; the Java client can."""
-
-    raw = b""
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return self.raw
-
-
-def not_utf8_header_name(raw: bytes) -> RawHeaderName:
-    name = RawHeaderName("not-utf8")
-    name.raw = raw
-    return name
-
-
-def produce_unparsable(servers: str, topic: str, key: bytes, value: bytes) -> None:
-    """One record whose header name is not UTF-8, on partition 0."""
-    producer = KafkaProducer(bootstrap_servers=servers, acks="all")
-    try:
-        producer.send(
-            topic,
-            key=key,
-            value=value,
-            headers=[(not_utf8_header_name(NOT_UTF8_NAME), b"v")],
-            partition=0,
-        ).get(timeout=30)
-    finally:
-        producer.close()
-
-
-def produce_with_librdkafka(
-    servers: str,
-    topic: str,
-    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]],
-) -> None:
-    """As other clients produce (null key with null value allowed), on partition 0."""
-    producer = confluent_kafka.Producer({"bootstrap.servers": servers, "linger.ms": 20})
-    for key, value, headers in records:
-        producer.produce(topic, key=key, value=value, headers=headers, partition=0)
-    assert producer.flush(30) == 0, "every record acknowledged"
 
 
 def _seed(servers: str, topic: str) -> None:

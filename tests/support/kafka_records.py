@@ -1,4 +1,5 @@
-"""kafka-python's own checks on an outgoing record, without a broker.
+"""kafka-python's own checks on an outgoing record, without a broker; and producing
+records the way other clients do (what kafka-python's producer refuses to send).
 
 The worker hands every result and dead letter to ``KafkaProducer.send``, which refuses
 some records outright (neither key nor value, a header that is not ``(str, bytes)``)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import confluent_kafka
 from kafka import KafkaProducer
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
@@ -88,3 +90,52 @@ def send_checked(record: OutboundRecord) -> None:
     """Both: what the real producer and the real consumer would make of ``record``."""
     producer_send_checks(record)
     encode_and_read_back(record)
+
+
+# --- producing as other clients do --------------------------------------------------------
+
+NOT_UTF8_NAME = b"caf\xe9-\xff"
+
+
+class RawHeaderName(str):
+    """A header name kafka-python's producer writes as raw bytes: its record builder
+    calls ``name.encode("utf-8")``. confluent-kafka turns a bytes name into its repr,
+    so neither Python client sends a non-UTF-8 name plainly; the Java client can."""
+
+    raw = b""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
+def not_utf8_header_name(raw: bytes) -> RawHeaderName:
+    name = RawHeaderName("not-utf8")
+    name.raw = raw
+    return name
+
+
+def produce_unparsable(servers: str, topic: str, key: bytes, value: bytes) -> None:
+    """One record whose header name is not UTF-8, on partition 0."""
+    producer = KafkaProducer(bootstrap_servers=servers, acks="all")
+    try:
+        producer.send(
+            topic,
+            key=key,
+            value=value,
+            headers=[(not_utf8_header_name(NOT_UTF8_NAME), b"v")],
+            partition=0,
+        ).get(timeout=30)
+    finally:
+        producer.close()
+
+
+def produce_with_librdkafka(
+    servers: str,
+    topic: str,
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]],
+) -> None:
+    """As other clients produce (null key with null value allowed), on partition 0."""
+    producer = confluent_kafka.Producer({"bootstrap.servers": servers, "linger.ms": 20})
+    for key, value, headers in records:
+        producer.produce(topic, key=key, value=value, headers=headers, partition=0)
+    assert producer.flush(30) == 0, "every record acknowledged"
