@@ -10,7 +10,8 @@ of defence included), then ``Worker._publish`` (result building and serializatio
 ``Worker._dead_letter`` — to a publisher that runs ``KafkaProducer.send``'s checks and
 the v2 record-batch builder, and reads the record back as a consumer would.
 
-Examples: ``RECORD_EXAMPLES`` + ``DECODE_EXAMPLES`` per run (thousands, in ``make test``);
+Examples: ``RECORD_EXAMPLES`` per run (thousands, in ``make test``: 33 s here with the
+2-core box at load average 16);
 derandomized under CI=true so a red build is reproducible, random locally so each run
 explores more.
 """
@@ -34,19 +35,17 @@ from tests.unit.test_app import LABELS, FakeClassifier, FakeTokenizer
 from tests.unit.test_app import settings as worker_settings
 from worker.app import Worker
 from worker.batching import MicroBatch, PendingTweet
-from worker.errors import PoisonMessage, Unprocessable
+from worker.errors import PoisonMessage
 from worker.messages import (
     DLQ_DROPPED,
     DLQ_HEADERS,
     DLQ_ORIGINAL_NULL,
-    InboundTweet,
     OutboundRecord,
     SourceRecord,
     decode,
 )
 
-RECORD_EXAMPLES = 2000
-DECODE_EXAMPLES = 1500
+RECORD_EXAMPLES = 3000
 PROPERTIES = settings(
     deadline=None,  # a busy 2-core box: time is measured in benchmarks, not here
     derandomize=IN_CI,
@@ -269,6 +268,10 @@ def test_every_record_ends_as_one_result_or_one_dead_letter_kafka_accepts(
         result = json.loads(out.value or b"", parse_constant=_no_constant)  # strict JSON
         tweet = decode(record, max_text_bytes=MAX_TEXT_BYTES)
         assert (result["id"], result["text"], result["meta"]) == (tweet.id, tweet.text, tweet.meta)
+        assert tweet.text.strip() and len(tweet.text.encode("utf-8")) <= MAX_TEXT_BYTES
+        assert consumed.value is not None and not (
+            len(consumed.value) >= 5 and consumed.value[0] == 0
+        )
         assert out.key == consumed.key
         return
     assert out.topic == "tweets.dlq"
@@ -308,29 +311,7 @@ def _no_constant(name: str) -> Any:
     raise AssertionError(f"a result holds {name}: not JSON")
 
 
-# --- decoding alone: its documented meanings hold over the whole space ------------------
-
-
-@settings(PROPERTIES, max_examples=DECODE_EXAMPLES)
-@given(value=values, key=st.one_of(st.none(), st.binary(max_size=10)))
-def test_decoding_is_total_and_a_tweet_is_always_encodable(
-    value: bytes | None, key: bytes | None
-) -> None:
-    record = SourceRecord("tweets", 0, 7, None, key, value)
-    try:
-        tweet = decode(record, max_text_bytes=MAX_TEXT_BYTES)
-    except PoisonMessage as poison:
-        assert not isinstance(poison, Unprocessable)
-        assert type(poison).__name__ in EXPECTED_CLASSES
-        str(poison).encode("utf-8", "backslashreplace")
-        return
-    assert isinstance(tweet, InboundTweet)
-    assert tweet.text.strip()
-    assert len(tweet.text.encode("utf-8")) <= MAX_TEXT_BYTES  # no lone surrogate either
-    tweet.id.encode("utf-8")
-    # meta survives a strict JSON round trip: no NaN, no surrogate, bounded depth
-    assert json.loads(json.dumps(tweet.meta, allow_nan=False)) == tweet.meta
-    assert value is not None and not (len(value) >= 5 and value[0] == 0)
+# --- the documented meanings, case by case ------------------------------------------
 
 
 @pytest.mark.parametrize(
