@@ -61,6 +61,7 @@ from worker.errors import (
     ProducerFenced,
     TransactionAborted,
     TransientError,
+    Unprocessable,
     WorkerError,
 )
 from worker.inference import (
@@ -74,9 +75,11 @@ from worker.inference import (
 from worker.messages import (
     ClassifiedTweet,
     DeadLetter,
+    InboundTweet,
     ModelRef,
     OutboundRecord,
     SourceRecord,
+    bare_dead_letter,
     decode,
     result_record,
 )
@@ -591,9 +594,9 @@ class Worker:
             self.metrics.consumed.inc()
             with self._summary_lock:
                 self._summary.consumed += 1
-            try:
-                tweet = decode(record, max_text_bytes=self.settings.max_text_bytes)
-            except PoisonMessage as poison:
+            tweet = self._decode(record)
+            if isinstance(tweet, PoisonMessage):
+                poison = tweet
                 if self._transactions is not None:
                     # Sent now, it could run ahead of earlier records still at Triton and
                     # land in a transaction whose offsets stop below it: a duplicate
@@ -604,6 +607,28 @@ class Worker:
                 continue
             self._batcher.add(PendingTweet(tweet=tweet, ticket=ticket, consumed_at=now))
         self._release_poison()
+
+    def _decode(self, record: SourceRecord) -> InboundTweet | PoisonMessage:
+        """The tweet, or why the record is poison; never raises."""
+        try:
+            return decode(record, max_text_bytes=self.settings.max_text_bytes)
+        except PoisonMessage as poison:
+            return poison
+        except Exception as exc:  # the last line of defence: this record only
+            return self._unprocessable("decoding", exc, record)
+
+    def _unprocessable(self, stage: str, exc: BaseException, record: SourceRecord) -> Unprocessable:
+        """Count and log a bug met on one record; the poison that dead-letters just it."""
+        self.metrics.unprocessable.labels(stage=stage, exception=type(exc).__name__).inc()
+        self._log.error(
+            "unexpected error on one record, dead-lettering it",
+            stage=stage,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            exc_info=exc,
+        )
+        return Unprocessable(stage, exc)
 
     def _release_poison(self) -> None:
         """Exactly-once: dead-letter held poison whose partition was sent up to it."""
@@ -719,9 +744,15 @@ class Worker:
                 rejected += 1
                 self._dead_letter(item.tweet.source, outcome, item.ticket)
                 continue
-            result = ClassifiedTweet.from_scores(
-                item.tweet, label_scores(outcome, self._labels), model, processed_at
-            )
+            try:
+                result = ClassifiedTweet.from_scores(
+                    item.tweet, label_scores(outcome, self._labels), model, processed_at
+                )
+            except Exception as exc:  # the last line of defence: this record only
+                source = item.tweet.source
+                poison = self._unprocessable("building its result", exc, source)
+                self._dead_letter(source, poison, item.ticket)
+                continue
             self._send_result(item, result)
         with self._summary_lock:
             self._summary.batches += 1
@@ -735,7 +766,14 @@ class Worker:
 
     def _send_result(self, item: PendingTweet, result: ClassifiedTweet) -> None:
         assert self._publisher is not None
-        record = result_record(self.settings.output_topic, item.tweet, result)
+        try:
+            record = result_record(self.settings.output_topic, item.tweet, result)
+        except Exception as exc:  # the last line of defence: this record only
+            source = item.tweet.source
+            self._dead_letter(
+                source, self._unprocessable("serializing its result", exc, source), item.ticket
+            )
+            return
         consumed_at = item.consumed_at
 
         def acknowledged(error: BaseException | None) -> None:  # producer thread
@@ -755,11 +793,19 @@ class Worker:
         self, record: SourceRecord, error: PoisonMessage, ticket: Ticket, *, slim: bool = False
     ) -> None:
         assert self._publisher is not None
-        letter = DeadLetter(record=record, error=error, worker_id=self.settings.worker_id)
-        if self._dead_letter_log.admit(letter.error_class):
+        topic, worker_id = self.settings.dlq_topic, self.settings.worker_id
+        error_class = type(error).__name__
+        try:
+            letter = DeadLetter(record=record, error=error, worker_id=worker_id)
+            outbound = letter.to_record(topic, slim=slim)
+        except Exception as exc:  # the last line of defence: a bare one still goes out
+            self._unprocessable("building its dead letter", exc, record)
+            outbound = bare_dead_letter(topic, record, error, exc, worker_id)
+            error_class = Unprocessable.__name__
+        if self._dead_letter_log.admit(error_class):
             self._log.info(
                 "dead-lettered",
-                error_class=letter.error_class,
+                error_class=error_class,
                 error=str(error)[:200],
                 topic=record.topic,
                 partition=record.partition,
@@ -774,12 +820,12 @@ class Worker:
                 )
                 return
             self.tracker.done(ticket)
-            self.metrics.dead_lettered.labels(error_class=letter.error_class).inc()
+            self.metrics.dead_lettered.labels(error_class=error_class).inc()
             with self._summary_lock:
                 self._summary.dead_lettered += 1
 
         self._note_sent(ticket)
-        self._publisher.send(letter.to_record(self.settings.dlq_topic, slim=slim), acknowledged)
+        self._publisher.send(outbound, acknowledged)
 
     def _handle_publish_failures(self) -> None:
         """A send that failed: dead-letter what is too large, re-read the partition from its

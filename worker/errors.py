@@ -118,6 +118,69 @@ class TextTooLarge(PoisonMessage):
         super().__init__(f"text is {size} bytes, over the {limit}-byte cap (max_text_bytes)")
 
 
+class NestingTooDeep(PoisonMessage):
+    """A JSON value nests arrays/objects deeper than the worker decodes (its recursion
+    and every serializer after it are bounded)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"value nests JSON arrays/objects more than {limit} levels deep")
+
+
+class LoneSurrogate(PoisonMessage):
+    """A JSON string escape names half a UTF-16 surrogate pair (``"\\ud800"``): not a
+    Unicode character, so no UTF-8 encoding of it exists."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field} holds a lone surrogate escape (\\ud800-\\udfff), not text")
+
+
+class DuplicateKey(PoisonMessage):
+    """A JSON object names the same key twice: readers disagree on which one counts."""
+
+    def __init__(self, key: str) -> None:
+        shown = key.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        super().__init__(f"JSON object has the key {shown[:100]!r} more than once")
+
+
+class SchemaFramed(PoisonMessage):
+    """A Confluent Schema Registry framed value (byte 0, a 4-byte schema id, the payload):
+    the worker does not read that format yet."""
+
+    def __init__(self, schema_id: int) -> None:
+        self.schema_id = schema_id
+        super().__init__(
+            f"value is Schema Registry framed (magic byte 0, schema id {schema_id}); "
+            "only JSON or plain UTF-8 text is read"
+        )
+
+
+class CorruptRecord(PoisonMessage):
+    """kafka-python could not parse the record itself (e.g. a header name that is not
+    UTF-8): its key, value and headers are unknown; only its position is."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the Kafka client cannot parse this record: {detail}")
+
+
+class Unprocessable(PoisonMessage):
+    """The last line of defence: an unexpected exception in one record's own work
+    (decoding, building or serializing its result or dead letter). That record is
+    dead-lettered and the loop goes on; the exception type says which bug to fix."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        self.stage = stage
+        super().__init__(f"unexpected {type(error).__name__} while {stage}: {_safe_str(error)}")
+
+
+def _safe_str(error: BaseException) -> str:
+    """``str(error)``, whatever its ``__str__`` does."""
+    try:
+        return str(error)
+    except Exception:  # a broken __str__ must not break the dead letter that reports it
+        return object.__repr__(error)
+
+
 class RecordTooLarge(PoisonMessage):
     """The broker (or the producer's size check) refused a record as too large.
 

@@ -10,26 +10,44 @@ carried through as ``meta``. A value that is not JSON but valid non-empty UTF-8 
 text itself, and so is a JSON string (``"hello"``) or any other non-object JSON value.
 A value that starts like a JSON object (``{"``) but does not parse is poison
 (:class:`~worker.errors.MalformedJson`), not text: a broken producer's output, not a tweet.
+
+Decoding is strict and bounded, because a hostile producer may send anything: a value
+nesting ``[``/``{`` more than :data:`MAX_JSON_DEPTH` levels is
+:class:`~worker.errors.NestingTooDeep` (checked before parsing, so nothing recurses
+without bound); ``NaN``/``Infinity`` and numbers overflowing a double are not JSON
+(RFC 8259) and a key given twice in one object is ambiguous, so in a JSON object they
+are poison (:class:`~worker.errors.MalformedJson`, :class:`~worker.errors.DuplicateKey`)
+— in any other value they only make it text, like any value that does not parse; a
+string escape naming a lone surrogate (``"\\ud800"``) in the text, the id or meta is
+:class:`~worker.errors.LoneSurrogate` (it has no UTF-8 form, so no result could carry
+it); a Confluent Schema Registry framed value is :class:`~worker.errors.SchemaFramed`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.errors import (
+    CorruptRecord,
+    DuplicateKey,
     EmptyText,
     InvalidTweet,
     InvalidUtf8,
+    LoneSurrogate,
     MalformedJson,
     MissingText,
+    NestingTooDeep,
     NullValue,
     PoisonMessage,
+    SchemaFramed,
     TextTooLarge,
 )
 
@@ -46,6 +64,9 @@ DLQ_WORKER_ID = "dlq.worker.id"
 DLQ_TIME = "dlq.time"
 # Only on a dead letter too large to send whole: what was left out of it.
 DLQ_DROPPED = "dlq.original.dropped"
+# Only on a dead letter of a record with neither key nor value: Kafka clients refuse to
+# send such a record, so the dead letter's value is empty and this header says "value".
+DLQ_ORIGINAL_NULL = "dlq.original.null"
 DLQ_HEADERS = (
     DLQ_ERROR_CLASS,
     DLQ_ERROR_MESSAGE,
@@ -61,6 +82,24 @@ MAX_ERROR_MESSAGE_BYTES = 1000
 # A JSON object's start: an opening brace and the quote of its first key. Plain text
 # rarely starts so; a truncated or garbled JSON object always does.
 _JSON_OBJECT_START = re.compile(r'\s*\{\s*"')
+# Deepest nesting of JSON arrays/objects decoded. Tweet payloads nest a few levels;
+# json's C decoder recurses up to Python's recursion limit (1000, minus the stack in
+# use) and pydantic's serializer stops at depth 255 (meta sits one level inside a
+# result), so the cap sits far below both.
+MAX_JSON_DEPTH = 64
+# JSON strings, whose brackets do not nest (even an unterminated one; possessive, so
+# linear on any input).
+_JSON_STRINGS = re.compile(r'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
+# Depth step of each byte: +1 opens an array/object, -1 closes one.
+_BRACKET_STEPS = np.zeros(256, dtype=np.int8)
+_BRACKET_STEPS[[ord("["), ord("{")]] = 1
+_BRACKET_STEPS[[ord("]"), ord("}")]] = -1
+# A \u escape of a UTF-16 surrogate (D800-DFFF): the only way a decoded value can hold
+# a lone surrogate (strict UTF-8 decoding refuses encoded ones).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+# Confluent Schema Registry's wire format: magic byte 0, a big-endian schema id, payload.
+_SCHEMA_REGISTRY_MAGIC = 0
+_SCHEMA_ID_END = 5
 
 
 @dataclass(frozen=True)
@@ -74,6 +113,9 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
+    unreadable: str | None = None
+    """Set when the Kafka client could not parse the record (its key, value and headers
+    are then unknown): why. Such a record is dead-lettered as ``CorruptRecord``."""
 
     @property
     def position(self) -> str:
@@ -123,10 +165,15 @@ def decode(record: SourceRecord, *, max_text_bytes: int) -> InboundTweet:
 
     Raises
     ------
-    NullValue, InvalidUtf8, MalformedJson, MissingText, InvalidTweet, EmptyText, TextTooLarge
+    CorruptRecord, NullValue, SchemaFramed, InvalidUtf8, NestingTooDeep, MalformedJson,
+    DuplicateKey, LoneSurrogate, MissingText, InvalidTweet, EmptyText, TextTooLarge
     """
+    if record.unreadable is not None:
+        raise CorruptRecord(record.unreadable)
     if record.value is None:
         raise NullValue()
+    if len(record.value) >= _SCHEMA_ID_END and record.value[0] == _SCHEMA_REGISTRY_MAGIC:
+        raise SchemaFramed(int.from_bytes(record.value[1:_SCHEMA_ID_END], "big"))
     try:
         raw = record.value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -145,12 +192,24 @@ def decode(record: SourceRecord, *, max_text_bytes: int) -> InboundTweet:
 
 def _parse(raw: str) -> tuple[str, str | None, dict[str, Any]]:
     """(text, id or None, meta) from a value that may or may not be JSON."""
+    _check_nesting(raw)
     try:
-        parsed = json.loads(raw)
+        parsed = json.loads(
+            raw,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+        )
+    except _DuplicateKeyError as exc:
+        if _JSON_OBJECT_START.match(raw):
+            raise DuplicateKey(exc.key) from None
+        return raw, None, {}
     except ValueError as exc:
         if _JSON_OBJECT_START.match(raw):
             raise MalformedJson(str(exc)) from None
         return raw, None, {}
+    if isinstance(parsed, str | dict) and _SURROGATE_ESCAPE.search(raw):
+        _check_unicode(parsed)
     if isinstance(parsed, str):
         return parsed, None, {}
     if not isinstance(parsed, dict):
@@ -167,6 +226,72 @@ def _parse(raw: str) -> tuple[str, str | None, dict[str, Any]]:
     if tweet_id is not None and not isinstance(tweet_id, str):
         raise InvalidTweet("id", type(tweet_id).__name__)
     return text, tweet_id, parsed
+
+
+def _check_nesting(raw: str) -> None:
+    """Raise :class:`NestingTooDeep` before json.loads would recurse past the cap."""
+    if raw.lstrip()[:1] not in ("[", "{"):
+        return  # json.loads stops at the first character: no recursion
+    if raw.count("[") + raw.count("{") <= MAX_JSON_DEPTH:
+        return  # too few brackets to nest that deep (every tweet takes this path)
+    # Vectorized: a 1 MB value of brackets costs milliseconds, not a Python loop. The
+    # running depth over-counts only past a misplaced bracket, where json.loads stops.
+    brackets = _JSON_STRINGS.sub("", raw).encode("utf-8")
+    steps = _BRACKET_STEPS[np.frombuffer(brackets, dtype=np.uint8)]
+    if int(np.cumsum(steps, dtype=np.int64).max(initial=0)) > MAX_JSON_DEPTH:
+        raise NestingTooDeep(MAX_JSON_DEPTH)
+
+
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"duplicate key {key!r}")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a dict, unless a key repeats (json.loads keeps the last one
+    silently; other readers keep the first, so the record means different things)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value (RFC 8259)")
+
+
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):  # 1e400: a double cannot hold it; JSON cannot write inf
+        raise ValueError(f"number {literal[:40]} is out of range for a double")
+    return number
+
+
+def _check_unicode(parsed: str | dict[str, Any]) -> None:
+    """Raise :class:`LoneSurrogate` when a decoded string has no UTF-8 form."""
+    try:
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        if isinstance(parsed, str):
+            raise LoneSurrogate("the JSON string") from None
+        for name in ("text", "id"):
+            field_value = parsed.get(name)
+            if isinstance(field_value, str) and not _encodable(field_value):
+                raise LoneSurrogate(f"field {name!r}") from None
+        raise LoneSurrogate("a key or a value of meta") from None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _key_text(key: bytes | None) -> str | None:
@@ -278,16 +403,17 @@ class DeadLetter:
 
     def context_headers(self) -> Headers:
         source = self.record
-        message = str(self.error).encode("utf-8")[:MAX_ERROR_MESSAGE_BYTES]
+        # backslashreplace: an error message may quote what could not be encoded.
+        message = str(self.error).encode("utf-8", "backslashreplace")[:MAX_ERROR_MESSAGE_BYTES]
         timestamp = "" if source.timestamp is None else str(source.timestamp)
         return (
             (DLQ_ERROR_CLASS, self.error_class.encode()),
             (DLQ_ERROR_MESSAGE, message.decode("utf-8", "ignore").encode("utf-8")),
-            (DLQ_SOURCE_TOPIC, source.topic.encode()),
+            (DLQ_SOURCE_TOPIC, source.topic.encode("utf-8", "backslashreplace")),
             (DLQ_SOURCE_PARTITION, str(source.partition).encode()),
             (DLQ_SOURCE_OFFSET, str(source.offset).encode()),
             (DLQ_SOURCE_TIMESTAMP, timestamp.encode()),
-            (DLQ_WORKER_ID, self.worker_id.encode()),
+            (DLQ_WORKER_ID, self.worker_id.encode("utf-8", "backslashreplace")),
             (DLQ_TIME, self.failed_at.isoformat().encode()),
         )
 
@@ -295,18 +421,66 @@ class DeadLetter:
         """Original key, value (null stays null) and headers, then the ``dlq.*`` headers.
 
         ``slim`` leaves out the original value and headers, for a dead letter the broker
-        refused as too large; ``dlq.source.*`` still say where the original is.
+        refused as too large; ``dlq.source.*`` still say where the original is. A record
+        the Kafka client could not parse always goes out slim, without its key too.
+
+        Kafka clients refuse a record with neither key nor value: where both would be
+        null, the value is empty instead, and ``dlq.original.null: value`` says the
+        original value was null (a slim one says ``dlq.original.dropped`` already).
         """
-        if slim:
+        if slim or self.record.unreadable is not None:
+            dropped = b"value,headers" if self.record.unreadable is None else b"key,value,headers"
+            key = self.record.key if self.record.unreadable is None else None
             return OutboundRecord(
                 topic=topic,
-                key=self.record.key,
-                value=None,
-                headers=(*self.context_headers(), (DLQ_DROPPED, b"value,headers")),
+                key=key,
+                value=None if key is not None else b"",
+                headers=(*self.context_headers(), (DLQ_DROPPED, dropped)),
             )
-        return OutboundRecord(
-            topic=topic,
-            key=self.record.key,
-            value=self.record.value,
-            headers=self.record.headers + self.context_headers(),
+        headers = self.record.headers + self.context_headers()
+        value = self.record.value
+        if value is None and self.record.key is None:
+            value = b""
+            headers = (*headers, (DLQ_ORIGINAL_NULL, b"value"))
+        return OutboundRecord(topic=topic, key=self.record.key, value=value, headers=headers)
+
+
+def bare_dead_letter(
+    topic: str,
+    record: SourceRecord,
+    error: PoisonMessage,
+    failure: BaseException,
+    worker_id: str,
+) -> OutboundRecord:
+    """The dead letter of last resort, for when :meth:`DeadLetter.to_record` itself failed:
+    class ``Unprocessable``, the ``dlq.*`` headers only (ASCII, from plain ints and
+    escaped text, so building it cannot fail) and the key if it is bytes."""
+
+    def ascii_bytes(describe: Any) -> bytes:
+        try:
+            text = str(describe())
+        except Exception:  # whatever broke the full letter may break this too
+            text = "?"
+        return text.encode("ascii", "backslashreplace")[:MAX_ERROR_MESSAGE_BYTES]
+
+    key = record.key if isinstance(record.key, bytes) else None
+    message = ascii_bytes(
+        lambda: (
+            f"unexpected {type(failure).__name__} while building the dead letter of a "
+            f"{type(error).__name__} ({error}): {failure}"
         )
+    )
+    headers: Headers = (
+        (DLQ_ERROR_CLASS, b"Unprocessable"),
+        (DLQ_ERROR_MESSAGE, message),
+        (DLQ_SOURCE_TOPIC, ascii_bytes(lambda: record.topic)),
+        (DLQ_SOURCE_PARTITION, ascii_bytes(lambda: int(record.partition))),
+        (DLQ_SOURCE_OFFSET, ascii_bytes(lambda: int(record.offset))),
+        (DLQ_SOURCE_TIMESTAMP, ascii_bytes(lambda: record.timestamp or "")),
+        (DLQ_WORKER_ID, ascii_bytes(lambda: worker_id)),
+        (DLQ_TIME, ascii_bytes(lambda: datetime.now(UTC).isoformat())),
+        (DLQ_DROPPED, b"value,headers" if key is not None else b"key,value,headers"),
+    )
+    return OutboundRecord(
+        topic=topic, key=key, value=None if key is not None else b"", headers=headers
+    )

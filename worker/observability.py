@@ -99,6 +99,13 @@ class WorkerMetrics:
             ["error_class"],
             registry=r,
         )
+        self.unprocessable = Counter(
+            "emotion_worker_unprocessable",
+            "Records dead-lettered (class Unprocessable) or sent as a bare dead letter because "
+            "an unexpected exception broke their own processing: a bug to report",
+            ["stage", "exception"],
+            registry=r,
+        )
         self.retries = Counter(
             "emotion_worker_retries",
             "Transient failures retried after a backoff",

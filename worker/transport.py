@@ -245,9 +245,63 @@ class KafkaSource:
         """Records since the last poll, in offset order per partition."""
         try:
             batches = self._consumer.poll(timeout_ms=max(0, int(timeout_s * 1000)))
+        except kafka.errors.CorruptRecordError as exc:
+            return [self._skip_unparsable(exc)]
         except Exception as exc:
             raise translate_kafka_error(exc, "poll") from exc
         return [SourceRecord.from_kafka(r) for records in batches.values() for r in records]
+
+    def _skip_unparsable(self, error: Exception) -> SourceRecord:
+        """A record kafka-python cannot parse (a header name that is not UTF-8, a failed
+        CRC): step over it and return its stand-in, which the worker dead-letters slim.
+
+        kafka-python 3.0.12 raises CorruptRecordError from ``poll()`` without saying where
+        (for a bad header name not even the partition), and raises it again at every poll:
+        the partition would be stuck, and the worker with it. The failing partition is the
+        one its fetcher was unpacking (private state, pinned version; the unit test in
+        tests/unit/test_transport.py fails if it goes away); the record is the one at the
+        consumer's position — records before it in the same fetch were returned by earlier
+        polls (the fetcher defers an error past the records it drained). On a compacted
+        topic with a gap just before it the position may fall short of the record: then
+        the stand-in names an offset that holds nothing, and the next poll steps again.
+
+        Raises
+        ------
+        FatalError
+            The failing partition cannot be found: names what is known.
+        """
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        unpacking = getattr(fetcher, "_next_partition_records", None)
+        tp = getattr(unpacking, "topic_partition", None)
+        if tp is None or tp not in self._consumer.assignment():
+            raise FatalError(
+                f"Kafka poll failed: the client cannot parse a record, and which partition "
+                f"holds it is unknown (assigned: {sorted(self.assignment())}): {error}"
+            )
+        try:
+            offset = int(self._consumer.position(tp, timeout_ms=COMMIT_TIMEOUT_MS))
+        except Exception as exc:
+            raise FatalError(
+                f"Kafka poll failed: the client cannot parse a record of {tp.topic} "
+                f"partition {tp.partition}, and its offset is unknown ({exc}): {error}"
+            ) from exc
+        log.warning(
+            "skipping a record the Kafka client cannot parse: %s partition %d offset %d: %s",
+            tp.topic,
+            tp.partition,
+            offset,
+            error,
+        )
+        self._consumer.seek(tp, offset + 1)
+        return SourceRecord(
+            topic=str(tp.topic),
+            partition=int(tp.partition),
+            offset=offset,
+            timestamp=None,
+            key=None,
+            value=None,
+            unreadable=f"{type(error).__name__}: {error}",
+        )
 
     def assignment(self) -> set[Partition]:
         return {_partition(tp) for tp in self._consumer.assignment()}

@@ -12,8 +12,11 @@ Rows (README "Guarantees"):
   the limit is dead-lettered *slim* (no original value or headers, ``dlq.original.dropped``);
   a good tweet with huge headers is classified (headers are not carried to results);
 - valid but extreme text (10k emoji, right-to-left scripts, zero-width characters, a bare
-  JSON string, text at the size cap): classified, truncated to the model's 128 tokens,
-  never dead-lettered.
+  JSON string, text at the size cap): classified, never dead-lettered, and cut by the
+  worker at the model's 128 tokens (a different tail past the cut leaves the scores
+  unchanged, a different head changes them);
+- issue 11's crashers as other clients write them, and a record kafka-python cannot
+  parse: each offset one result or one dead letter of its class, the worker alive.
 
 Bounded: results within ``SETTLE_TIMEOUT_S``.
 """
@@ -29,14 +32,16 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 from transformers import AutoTokenizer
 
 from emotion_stream.layout import ModelLayout
+from tests.support.kafka_records import produce_unparsable, produce_with_librdkafka
 from tests.support.pipeline import (
     DELIVERY_MODES,
     Pipeline,
     PipelineFactory,
     check_dead_letter,
     check_delivery,
+    dead_letter_headers,
 )
-from worker.messages import DLQ_DROPPED
+from worker.messages import DLQ_DROPPED, DLQ_ORIGINAL_NULL, DLQ_SOURCE_OFFSET
 
 pytestmark = pytest.mark.integration
 
@@ -169,27 +174,158 @@ EXTREME_TEXTS = {
 }
 
 
+# Texts far over 128 tokens whose twins stay under the size cap: the same text with a
+# different tail (past the cut) and with a different head (inside it).
+TRUNCATION_TWINS = ("emoji-10k", "emoji-mixed", "rtl-arabic-hebrew", "zero-width-only")
+DIFFERENT_TAIL = " and then something else entirely, 🎉 שלום"
+DIFFERENT_HEAD = "I really hate mondays so much "
+
+
 @pytest.mark.parametrize("delivery", DELIVERY_MODES)
 def test_valid_extreme_text_is_classified_truncated_never_dead_lettered(
     make_pipeline: PipelineFactory, tiny_model_repository: Path, delivery: str
 ) -> None:
-    pipeline = make_pipeline(delivery=delivery)
-    for name, text in EXTREME_TEXTS.items():
+    """Extreme text is classified, unchanged in the result, never dead-lettered; and the
+    worker cuts it at the model's 128 tokens: a text's twin with a different tail (past
+    the cut) gets the very same scores, its twin with a different head does not. One
+    tweet per request and one request at a time, so each twin's request holds exactly its
+    own tokens (Triton's dynamic batcher merges concurrent requests of one shape, and the
+    INT8 model's activation scales span the merged batch)."""
+    pipeline = make_pipeline(
+        delivery=delivery,
+        EMOTION_STREAM_MAX_BATCH_SIZE="1",
+        EMOTION_STREAM_MAX_IN_FLIGHT_BATCHES="1",
+    )
+    twins = {f"{name}+tail": EXTREME_TEXTS[name] + DIFFERENT_TAIL for name in TRUNCATION_TWINS}
+    twins |= {f"{name}+head": DIFFERENT_HEAD + EXTREME_TEXTS[name] for name in TRUNCATION_TWINS}
+    for name, text in {**EXTREME_TEXTS, **twins}.items():
         pipeline.send_raw(name.encode(), json.dumps({"id": name, "text": text}).encode())
     # A bare JSON string is the text itself (README "Message formats"); its id is the key.
     pipeline.send_raw(b"json-string", json.dumps("a bare JSON string 😂 שלום").encode())
     pipeline.start_worker()
 
     pipeline.settle(SETTLE_TIMEOUT_S)
-    expected = {**EXTREME_TEXTS, "json-string": "a bare JSON string 😂 שלום"}
+    expected = {**EXTREME_TEXTS, **twins, "json-string": "a bare JSON string 😂 שלום"}
     check_delivery(pipeline, list(expected), max_extra_results=0, label="extreme-text")
     results = {json.loads(r.value)["id"]: json.loads(r.value) for r in pipeline.results.records}
-    tokenizer = AutoTokenizer.from_pretrained(str(ModelLayout(tiny_model_repository).tokenizer_dir))
     for name, text in expected.items():
         assert results[name]["text"] == text, f"{name}: the text comes back unchanged"
         assert sum(results[name]["scores"].values()) == pytest.approx(1.0, abs=1e-4)
-    # The long ones are far over the model's 128 tokens: classifying them at all means the
-    # worker truncated them (the server rejects longer sequences, README "Embedded stack").
-    long_ones = [n for n, t in EXTREME_TEXTS.items() if len(tokenizer(t)["input_ids"]) > 4 * 128]
-    assert {"emoji-10k", "rtl-arabic-hebrew", "zero-width-only", "at-the-cap"} <= set(long_ones)
-    assert len(tokenizer("😂" * 10_000, truncation=True, max_length=128)["input_ids"]) == 128
+    # Precondition: the twins' texts are far over the model's 128 tokens (the server
+    # would reject longer sequences, README "Embedded stack") and the tails lie past it.
+    tokenizer = AutoTokenizer.from_pretrained(str(ModelLayout(tiny_model_repository).tokenizer_dir))
+    for name in TRUNCATION_TWINS:
+        assert len(tokenizer(EXTREME_TEXTS[name])["input_ids"]) > 2 * MODEL_MAX_TOKENS, name
+    for name in TRUNCATION_TWINS:
+        scores = results[name]["scores"]
+        assert results[f"{name}+tail"]["scores"] == pytest.approx(scores, abs=1e-6), (
+            f"{name}: text past the 128th token changed the result: the worker did not cut there"
+        )
+        head = results[f"{name}+head"]["scores"]
+        assert max(abs(head[label] - scores[label]) for label in scores) > 1e-4, (
+            f"{name}: a different start gave the same scores: the test cannot see the cut"
+        )
+
+
+# Issue 11's crashers and their neighbours, as other clients write them: expected class,
+# or "result" for a record that is a valid tweet (its id is its key).
+HOSTILE_CORPUS: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]], str]] = [
+    (b"h-deep", b"[" * 1000, [], "NestingTooDeep"),
+    (b"h-sur-text", b'{"id": "h-sur-text", "text": "hi \\ud800"}', [], "LoneSurrogate"),
+    (b"h-sur-bare", b'"\\udfff"', [], "LoneSurrogate"),
+    (b"h-sur-id", b'{"id": "\\ud800", "text": "hi"}', [], "LoneSurrogate"),
+    (b"h-sur-meta", b'{"id": "h-sur-meta", "text": "hi", "lang": "\\udc00"}', [], "LoneSurrogate"),
+    (
+        b"h-meta-deep",
+        b'{"id": "h-meta-deep", "text": "hi", "meta": ' + b"[" * 256 + b"]" * 256 + b"}",
+        [],
+        "NestingTooDeep",
+    ),
+    (b"h-sur-key", b'{"\\ud800": 1}', [], "LoneSurrogate"),
+    (None, None, [], "NullValue"),  # kafka-python's producer refuses to send this one
+    (None, b'{"id": "h-unkeyed", "no": "text"}', [("trace", None)], "MissingText"),
+    (b"h-framed", b"\x00\x00\x00\x00\x07" + b'{"text": "framed"}', [], "SchemaFramed"),
+    (b"h-nan", b'{"id": "h-nan", "text": "hi", "score": NaN}', [], "MalformedJson"),
+    (b"h-1e400", b'{"id": "h-1e400", "text": "hi", "x": 1e400}', [], "MalformedJson"),
+    (
+        b"h-bigint",
+        b'{"id": "h-bigint", "text": "hi", "n": ' + b"9" * 5000 + b"}",
+        [],
+        "MalformedJson",
+    ),
+    (b"h-dup", b'{"id": "h-dup", "text": "a", "text": "b"}', [], "DuplicateKey"),
+    (
+        b"h-odd-headers",
+        b'{"id": "h-odd-headers"}',
+        [("", b"x"), ("dlq.error.class", b"spoofed"), ("é ☃", None)],
+        "MissingText",
+    ),
+    (b"h-null-header", b'{"id": "h-null-header", "text": "fine"}', [("trace", None)], "result"),
+    (b"h-pair", b'{"id": "h-pair", "text": "\\ud83d\\ude02 a valid pair"}', [], "result"),
+    (b"h-array-nan", b"[1, NaN]", [], "result"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delivery", DELIVERY_MODES)
+def test_hostile_records_from_other_clients_each_end_as_a_result_or_a_dead_letter(
+    make_pipeline: PipelineFactory, delivery: str
+) -> None:
+    """Issue 11's crashers through the real broker, produced by librdkafka (null key with
+    null value) and by a producer writing a header name that is not UTF-8 (kafka-python's
+    consumer cannot parse that record): each offset ends as exactly one result or one
+    dead letter of its class, the good tweets after them are classified, nothing hits the
+    last line of defence, and the worker is alive and healthy at the end."""
+    pipeline = make_pipeline(delivery=delivery)
+    ids = [_good(pipeline, n) for n in range(2)]
+    produce_with_librdkafka(
+        pipeline.bootstrap_servers, pipeline.input_topic, [c[:3] for c in HOSTILE_CORPUS]
+    )
+    produce_unparsable(pipeline.bootstrap_servers, pipeline.input_topic, b"h-bad-name", b"x")
+    ids += [_good(pipeline, n) for n in range(2, 6)]
+    expected: dict[int, str] = {2 + i: c[3] for i, c in enumerate(HOSTILE_CORPUS)}
+    unparsable_offset = 2 + len(HOSTILE_CORPUS)
+    expected[unparsable_offset] = "CorruptRecord"
+    result_ids = [c[0].decode() for c in HOSTILE_CORPUS if c[3] == "result" and c[0]]
+    worker = pipeline.start_worker()
+
+    pipeline.settle(SETTLE_TIMEOUT_S)
+    poison = sum(1 for outcome in expected.values() if outcome != "result")
+    check_delivery(
+        pipeline, ids + result_ids, max_extra_results=0, dead_letters=poison, label="hostile"
+    )
+    outcomes: dict[int, str] = {}
+    for record in pipeline.results.records:
+        offset = json.loads(record.value)["source"]["offset"]
+        assert offset not in outcomes, f"offset {offset}: two outcomes"
+        outcomes[offset] = "result"
+    for letter in pipeline.dead_letters.records:
+        headers = dead_letter_headers(letter)
+        offset = int(headers[DLQ_SOURCE_OFFSET])
+        assert offset not in outcomes, f"offset {offset}: two outcomes"
+        outcomes[offset] = headers["dlq.error.class"].decode()
+        check_dead_letter(
+            letter,
+            error_class=outcomes[offset],
+            source_topic=pipeline.input_topic,
+            source=(0, offset),
+        )
+    hostile = {offset: outcomes.get(offset) for offset in expected}
+    assert hostile == expected, pipeline.describe()
+    assert [
+        outcomes.get(n) for n in (0, 1, *range(unparsable_offset + 1, unparsable_offset + 5))
+    ] == ["result"] * 6, "the good tweets around them classified"
+    letters = {
+        int(dead_letter_headers(d)[DLQ_SOURCE_OFFSET]): d for d in pipeline.dead_letters.records
+    }
+    null_both = letters[2 + [c[:2] for c in HOSTILE_CORPUS].index((None, None))]
+    assert (null_both.key, null_both.value) == (None, b"")
+    assert dead_letter_headers(null_both)[DLQ_ORIGINAL_NULL] == b"value"
+    corrupt = dead_letter_headers(letters[unparsable_offset])
+    assert corrupt[DLQ_DROPPED] == b"key,value,headers"
+    assert b"utf-8" in corrupt["dlq.error.message"]
+    assert worker.alive(), worker.log_tail()
+    assert worker.http_status("/healthz") == 200, worker.log_tail()
+    # The metrics endpoint answered (every dead letter counted), and none was Unprocessable.
+    assert worker.metric("emotion_worker_dead_lettered_total") >= poison, worker.log_tail()
+    assert worker.metric("emotion_worker_unprocessable_total") == 0, worker.log_tail()

@@ -18,7 +18,9 @@ from worker.errors import (
     TextTooLarge,
 )
 from worker.messages import (
+    DLQ_DROPPED,
     DLQ_HEADERS,
+    DLQ_ORIGINAL_NULL,
     ClassifiedTweet,
     DeadLetter,
     ModelRef,
@@ -150,8 +152,23 @@ def test_dead_letter_keeps_original_and_adds_context() -> None:
 
 
 def test_dead_letter_of_null_value_stays_null() -> None:
+    letter = DeadLetter(record=record(None, key=b"k"), error=NullValue(), worker_id="w")
+    out = letter.to_record("dlq")
+    assert out.value is None and out.key == b"k"
+    assert DLQ_ORIGINAL_NULL not in dict(out.headers)
+
+
+def test_dead_letter_of_null_key_and_null_value_has_an_empty_value_and_says_so() -> None:
+    # Kafka clients refuse a record with neither key nor value (kafka-python: "Need at
+    # least one: key or value"), yet Java and librdkafka producers can write one.
     letter = DeadLetter(record=record(None), error=NullValue(), worker_id="w")
-    assert letter.to_record("dlq").value is None
+    out = letter.to_record("dlq")
+    assert (out.key, out.value) == (None, b"")
+    assert dict(out.headers)[DLQ_ORIGINAL_NULL] == b"value"
+    assert dict(out.headers)["trace"] == b"abc"
+    slim = letter.to_record("dlq", slim=True)
+    assert (slim.key, slim.value) == (None, b"")
+    assert dict(slim.headers)[DLQ_DROPPED] == b"value,headers"
 
 
 def test_dead_letter_error_message_is_bounded() -> None:

@@ -265,3 +265,89 @@ def test_the_private_kafka_python_commit_the_rebalance_listener_awaits_still_exi
     method = ConsumerCoordinator._commit_offsets_sync_async
     assert inspect.iscoroutinefunction(method)
     assert list(inspect.signature(method).parameters)[:3] == ["self", "offsets", "timeout_ms"]
+
+
+# --- a record kafka-python cannot parse (issue 11) ---------------------------------------
+
+
+class _RawHeaderName(str):
+    """kafka-python's record builder writes ``name.encode("utf-8")``: here, raw bytes."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"caf\xe9"
+
+
+def _partition_records_with_a_bad_header_name() -> Any:
+    """kafka-python's own fetcher state for a fetch of offsets 0..2 whose record 1 has a
+    header name that is not UTF-8."""
+    from kafka.consumer.fetcher import Fetcher  # noqa: PLC0415 - kafka-python internals
+    from kafka.record.default_records import DefaultRecordBatchBuilder  # noqa: PLC0415
+    from kafka.record.memory_records import MemoryRecords  # noqa: PLC0415
+
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 2**20)
+    builder.append(0, 1, b"k0", b"v0", [])
+    builder.append(1, 1, b"k1", b"v1", [(_RawHeaderName("x"), b"h")])
+    builder.append(2, 1, b"k2", b"v2", [])
+    tp = kafka.TopicPartition("tweets", 3)
+    return Fetcher.PartitionRecords(0, tp, MemoryRecords(bytes(builder.build())))
+
+
+class _ConsumerStuckOnARecord:
+    """What KafkaSource reads of kafka-python's consumer, around its real fetcher state."""
+
+    def __init__(self, unpacking: Any) -> None:
+        self._fetcher = type("FetcherState", (), {"_next_partition_records": unpacking})()
+        self.tp = unpacking.topic_partition
+        self.returned = unpacking.take(10)  # what the first poll returned
+        self.next_offset = self.returned[-1].offset + 1
+        self.sought: list[tuple[Any, int]] = []
+
+    def poll(self, timeout_ms: int) -> Any:
+        return self._fetcher._next_partition_records.take(10)  # raises, as poll() does
+
+    def assignment(self) -> set[Any]:
+        return {self.tp}
+
+    def position(self, tp: Any, timeout_ms: int | None = None) -> int:
+        return self.next_offset
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.sought.append((tp, offset))
+
+
+def test_a_record_the_client_cannot_parse_becomes_a_stand_in_and_is_stepped_over() -> None:
+    from worker.transport import KafkaSource  # noqa: PLC0415
+
+    consumer = _ConsumerStuckOnARecord(_partition_records_with_a_bad_header_name())
+    assert [r.offset for r in consumer.returned] == [0]
+    source = KafkaSource(WorkerSettings(), handler=None)  # type: ignore[arg-type]
+    source._consumer = consumer
+    (stand_in,) = source.poll(0.1)
+    assert (stand_in.topic, stand_in.partition, stand_in.offset) == ("tweets", 3, 1)
+    assert stand_in.unreadable is not None and "CorruptRecordError" in stand_in.unreadable
+    assert (stand_in.key, stand_in.value) == (None, None)
+    assert consumer.sought == [(consumer.tp, 2)]
+
+
+def test_a_record_the_client_cannot_parse_in_an_unknown_partition_stops_naming_it() -> None:
+    from worker.transport import KafkaSource  # noqa: PLC0415
+
+    consumer = _ConsumerStuckOnARecord(_partition_records_with_a_bad_header_name())
+    consumer._fetcher._next_partition_records = None  # kafka-python changed its internals
+    source = KafkaSource(WorkerSettings(), handler=None)  # type: ignore[arg-type]
+    source._consumer = consumer
+    consumer.poll = lambda timeout_ms: (_ for _ in ()).throw(  # type: ignore[method-assign]
+        kafka.errors.CorruptRecordError("Found invalid record structure")
+    )
+    with pytest.raises(FatalError, match=r"cannot parse a record.*tweets.*3"):
+        source.poll(0.1)
+
+
+def test_the_private_kafka_python_fetcher_state_the_source_reads_still_exists() -> None:
+    from kafka.consumer.fetcher import Fetcher  # noqa: PLC0415
+
+    assert "self._next_partition_records = None" in inspect.getsource(Fetcher.__init__)
+    assert "self._next_partition_records = self._parse_fetched_data" in inspect.getsource(
+        Fetcher.fetched_records
+    )
+    assert "self.topic_partition = tp" in inspect.getsource(Fetcher.PartitionRecords.__init__)
