@@ -110,3 +110,29 @@ def test_the_source_steps_over_a_record_the_client_cannot_parse(
     assert [r.value for r in got] == [b"before", None, b"after", None, b"last"]
     assert got[2].headers == (("fine", b"v"),)
     assert (got[3].key, got[3].value) == (None, None)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_the_source_reads_batches_in_every_codec_other_clients_use(
+    kafka_broker: KafkaService, unique_name: Callable[[str], str], codec: str
+) -> None:
+    """Compression is the producer's choice, not ours: without snappy, lz4 and zstandard
+    installed, kafka-python raised UnsupportedCodecError from poll() on such a batch and
+    the worker stopped on it (and every replica after it)."""
+    topic = unique_name(f"codec-{codec}")
+    kafka_broker.create_topic(topic)
+    sent = [(f"k{i}".encode(), f"tweet {i} ".encode() * 20, []) for i in range(20)]
+    produce_with_librdkafka(kafka_broker.bootstrap_servers, topic, sent, compression=codec)
+    settings = WorkerSettings(
+        kafka_bootstrap_servers=kafka_broker.bootstrap_servers,
+        input_topic=topic,
+        consumer_group=unique_name("codec"),
+        metrics_port=-1,
+    )
+    got: list[SourceRecord] = []
+    with KafkaSource(settings, _NoRebalanceWork()) as source:
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while len(got) < len(sent) and time.monotonic() < deadline:
+            got.extend(source.poll(POLL_S))
+    assert [(r.key, r.value) for r in got] == [(k, v) for k, v, _ in sent]
+    assert all(r.unreadable is None for r in got)

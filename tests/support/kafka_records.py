@@ -133,9 +133,14 @@ def produce_with_librdkafka(
     servers: str,
     topic: str,
     records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]],
+    *,
+    compression: str = "none",
 ) -> None:
-    """As other clients produce (null key with null value allowed), on partition 0."""
-    producer = confluent_kafka.Producer({"bootstrap.servers": servers, "linger.ms": 20})
+    """As other clients produce (null key with null value allowed), on partition 0, in
+    batches compressed with ``compression`` (librdkafka's ``compression.type``)."""
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": servers, "linger.ms": 20, "compression.type": compression}
+    )
     for key, value, headers in records:
         producer.produce(topic, key=key, value=value, headers=headers, partition=0)
     assert producer.flush(30) == 0, "every record acknowledged"
