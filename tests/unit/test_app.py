@@ -470,8 +470,9 @@ def test_revocation_commits_complete_offsets_and_logs_as_json(
 def test_revocation_commits_results_sent_but_not_yet_acknowledged(run_worker: Any) -> None:
     # A rebalance right after a publish: the acks are still on their way. Leaving those
     # offsets out of the revocation commit would make the next owner classify them again.
-    h = run_worker({("tweets", 0): tweets(0, 10)})
-    h.publisher.ack_on_flush = True
+    publisher = FakePublisher()
+    publisher.ack_on_flush = True  # before the worker starts: no result may be acked early
+    h = run_worker({("tweets", 0): tweets(0, 10)}, publisher=publisher)
     wait_for(lambda: len(h.outputs()) == 10, "10 results sent")
     assert h.worker.tracker.committable() == {}, "nothing acknowledged yet"
     complete = h.source.revoke(h.worker, ("tweets", 0))
