@@ -280,6 +280,12 @@ class WorkerSettings(BaseSettings):
             raise ValueError(
                 f"{e('retry_backoff_initial_s')} must not exceed {e('retry_backoff_max_s')}"
             )
+        if self.transactional_id and not self.exactly_once:
+            # Fail closed: an operator who names a transactional id believes in transactions.
+            raise ValueError(
+                f"{e('transactional_id')} is set but {e('delivery')}={self.delivery}: it only "
+                f"matters with {e('delivery')}=exactly_once"
+            )
         if self.security_protocol.startswith("SASL"):
             protocol = f"{e('security_protocol')}={self.security_protocol}"
             if self.sasl_mechanism is None:

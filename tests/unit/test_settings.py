@@ -129,6 +129,14 @@ def test_exactly_once_and_its_transactional_id(monkeypatch: pytest.MonkeyPatch) 
     assert "EMOTION_STREAM_DELIVERY" in error_text(delivery="exactly-once")
 
 
+def test_a_transactional_id_without_exactly_once_stops_start_up() -> None:
+    # Ignored, it would leave the operator believing results are written transactionally.
+    message = error_text(transactional_id="worker-2")
+    assert "EMOTION_STREAM_TRANSACTIONAL_ID" in message
+    assert "EMOTION_STREAM_DELIVERY=at_least_once" in message
+    assert WorkerSettings(transactional_id="  ").transactional_id == ""  # blank is unset
+
+
 def test_transaction_timeout_outlasts_a_commit_interval_and_stays_within_the_broker_cap() -> None:
     assert WorkerSettings().transaction_timeout_ms == 60_000
     slow = WorkerSettings(commit_interval_ms=60_000, triton_timeout_s=60)
