@@ -423,9 +423,10 @@ class Worker:
             raise FatalError(str(exc)) from exc
         if point is not None:
             self._log.warning(
-                "test failpoint armed: this process will SIGKILL itself",
+                "test failpoint armed: this process will SIGKILL itself (or stall)",
                 failpoint=point.name,
                 on_hit=point.on_hit,
+                sleep_s=point.sleep_s,
             )
 
     def _read_labels(self) -> list[str]:
