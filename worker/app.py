@@ -56,6 +56,8 @@ from worker.batching import MicroBatch, MicroBatcher, PendingTweet
 from worker.errors import (
     FatalError,
     InferenceRejected,
+    ModelChanged,
+    ModelInputsChanged,
     ModelMismatch,
     PoisonMessage,
     ProducerFenced,
@@ -70,6 +72,7 @@ from worker.inference import (
     Outcome,
     TritonClassifier,
     classify_planned,
+    describe_change,
     label_scores,
 )
 from worker.messages import (
@@ -328,6 +331,8 @@ class Worker:
         """While backing off: when the held batches may be tried again."""
         self._inference_failing = False
         self._model = ModelRef(name=settings.model_name, version=settings.model_version or "?")
+        self._model_spec: ModelSpec | None = None
+        """The served model's spec as last read (start-up, or a re-read after rejections)."""
         self._last_commit = 0.0
         self._summary = ThroughputSummary(settings.log_summary_interval_s)
         self._dead_letter_log = LogRateLimit(DEAD_LETTER_LOG_BURST)
@@ -411,6 +416,7 @@ class Worker:
             if spec is None:  # stopped while waiting
                 return
             self._check_model(spec, labels)
+            self._model_spec = spec
             self._labels = labels
             self._executor = stack.enter_context(
                 ThreadPoolExecutor(s.max_in_flight_batches, thread_name_prefix="worker-infer")
@@ -450,9 +456,10 @@ class Worker:
             raise FatalError(str(exc)) from exc
         if point is not None:
             self._log.warning(
-                "test failpoint armed: this process will SIGKILL itself",
+                "test failpoint armed: this process will SIGKILL itself (or stall)",
                 failpoint=point.name,
                 on_hit=point.on_hit,
+                sleep_s=point.sleep_s,
             )
 
     def _read_labels(self) -> list[str]:
@@ -678,8 +685,46 @@ class Worker:
         for _, encoded in planned.requests:
             self.metrics.batch_size.observe(len(encoded))
         started = time.perf_counter()
-        outcomes, version = classify_planned(self._classifier.classify, planned)
+        sent_with = self._model_spec
+        outcomes, version = classify_planned(
+            self._classifier.classify, planned, lambda: self._check_model_unchanged(sent_with)
+        )
         return outcomes, version, time.perf_counter() - started
+
+    def _check_model_unchanged(self, sent_with: ModelSpec | None) -> None:
+        """Every text of a request was rejected: re-read the model's metadata before
+        dead-lettering them. Runs on an inference thread; returns if the model is the one
+        the request was sent for (the texts are poison).
+
+        Raises
+        ------
+        ModelInputsChanged
+            Only input types changed to ones the classifier now sends: retry (transient).
+        ModelChanged
+            Anything else changed: stop (a restart checks the new model at start-up).
+        InferenceUnavailable
+            Triton cannot say now: the batch is retried, nothing dead-lettered.
+        """
+        assert self._classifier is not None and sent_with is not None
+        try:
+            now = self._classifier.load_spec()  # the classifier sends what it says from now on
+        except ModelMismatch as exc:
+            change = f"it no longer fits the worker ({exc})"
+        else:
+            differs = describe_change(sent_with, now)
+            if differs is None:
+                return
+            change = differs
+            compatible = (now.num_labels, now.max_batch_size) == (
+                sent_with.num_labels,
+                sent_with.max_batch_size,
+            )
+            if compatible:
+                self._model_spec = now
+                self._log.warning("model inputs changed under the worker; adapting", change=change)
+                raise ModelInputsChanged(sent_with.name, change)
+        self._log.error("model changed under the worker; stopping", change=change)
+        raise ModelChanged(sent_with.name, change)
 
     def _collect(self) -> None:
         """Publish finished batches, strictly in the order they were sent."""

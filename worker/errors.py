@@ -47,6 +47,16 @@ class BrokerUnavailable(TransientError):  # noqa: N818 — domain name, the type
         super().__init__(f"Kafka {operation} failed, will retry: {detail}")
 
 
+class ModelInputsChanged(TransientError):  # noqa: N818 — domain name, the type is the policy
+    """The served model's inputs changed under the worker to ones it can send (e.g. INT64
+    to INT32): the rejected request is retried with them, never dead-lettered."""
+
+    def __init__(self, model: str, change: str) -> None:
+        self.model = model
+        self.change = change
+        super().__init__(f"model {model!r} changed while the worker ran ({change}); retrying")
+
+
 class TransactionAborted(TransientError):  # noqa: N818 — domain name, the type is the policy
     """Exactly-once: the open transaction cannot commit (a send failed, the group moved on).
 
@@ -214,6 +224,21 @@ class ModelMismatch(FatalError):  # noqa: N818 — domain name, the type is the 
 
     def __init__(self, model: str, problem: str) -> None:
         super().__init__(f"model {model!r} does not fit the worker: {problem}")
+
+
+class ModelChanged(ModelMismatch):
+    """The served model changed under the worker to one it cannot use as it runs (other
+    inputs, labels or batch limit): every text was being rejected. Stop instead of
+    dead-lettering the stream; a restart reads the new model and checks it."""
+
+    def __init__(self, model: str, change: str) -> None:
+        self.model = model
+        self.change = change
+        FatalError.__init__(
+            self,
+            f"model {model!r} changed while the worker ran: {change}; stopping instead of "
+            "dead-lettering every text it rejects (a restart checks the new model)",
+        )
 
 
 class PublishFailed(FatalError):  # noqa: N818 — domain name, the type is the policy

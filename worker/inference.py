@@ -10,7 +10,9 @@ When a batch is rejected, :func:`classify_isolating_rejects` bisects it so only 
 rejected item is dead-lettered and its batch-mates are still classified;
 :func:`classify_planned` runs a batch's requests (see :meth:`TweetTokenizer.plan
 <worker.tokenizing.TweetTokenizer.plan>`) that way and puts the outcomes back in the
-batch's order.
+batch's order. A request rejected item by item is what a model whose inputs changed under
+the worker looks like: the caller's ``on_all_rejected`` re-reads the model's metadata
+before any of it is dead-lettered (:func:`describe_change`).
 """
 
 from __future__ import annotations
@@ -104,6 +106,18 @@ class Classified:
 
     probabilities: Probabilities
     model_version: str
+
+
+def describe_change(before: ModelSpec, after: ModelSpec) -> str | None:
+    """What differs between two specs of the served model, in words; None if nothing."""
+    changes = []
+    if before.input_types != after.input_types:
+        changes.append(f"inputs {before.input_types} -> {after.input_types}")
+    if before.max_batch_size != after.max_batch_size:
+        changes.append(f"max_batch_size {before.max_batch_size} -> {after.max_batch_size}")
+    if before.num_labels != after.num_labels:
+        changes.append(f"labels {before.num_labels} -> {after.num_labels}")
+    return "; ".join(changes) or None
 
 
 def parse_model_config(config: dict[str, Any]) -> ModelSpec:
@@ -301,18 +315,29 @@ def classify_isolating_rejects(
 
 
 def classify_planned(
-    classify: Callable[[EncodedBatch], Classified], planned: PlannedBatch
+    classify: Callable[[EncodedBatch], Classified],
+    planned: PlannedBatch,
+    on_all_rejected: Callable[[], None] | None = None,
 ) -> tuple[list[Outcome], str]:
     """Classify every request of a planned batch; outcomes in the batch's (arrival) order.
 
     Each request is classified with :func:`classify_isolating_rejects`, so a rejected text
-    is isolated within its request. Transient errors propagate: the caller retries the
-    whole batch (requests that had succeeded are sent again; results go out only once).
+    is isolated within its request. When every text of a request was rejected, one by
+    one, ``on_all_rejected`` is called before anything is returned: it raises if the
+    rejections are the model's doing, not the texts'. Transient errors propagate: the
+    caller retries the whole batch (requests that had succeeded are sent again; results
+    go out only once).
     """
     outcomes: list[Outcome | None] = [None] * planned.size
     version = ""
     for indices, encoded in planned.requests:
         answered, answered_version = classify_isolating_rejects(classify, encoded)
+        if (
+            on_all_rejected is not None
+            and answered
+            and all(isinstance(outcome, InferenceRejected) for outcome in answered)
+        ):
+            on_all_rejected()
         version = answered_version or version
         for index, outcome in zip(indices, answered, strict=True):
             outcomes[index] = outcome

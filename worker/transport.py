@@ -12,7 +12,8 @@ Exactly-once: :class:`TransactionalPublisher` is one transactional producer per
 worker. Its transaction opens with the first send after a commit and ends with
 :meth:`~TransactionalPublisher.commit_transaction`, which adds the consumer offsets
 with the consumer's group metadata (KIP-447: the broker rejects offsets from a member
-whose generation is over) and commits records and offsets together. Fencing by a newer
+whose generation is over; a consumer kafka-python has reset to no generation is refused
+here, see :func:`not_a_member`) and commits records and offsets together. Fencing by a newer
 producer with the same transactional id becomes :class:`ProducerFenced`; anything that
 dooms only the open transaction becomes :class:`TransactionAborted`.
 
@@ -197,6 +198,33 @@ def _offsets(offsets: dict[Partition, int]) -> dict[Any, Any]:
     return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
 
 
+def not_a_member(metadata: Any) -> str | None:
+    """Why a consumer with this group metadata must not commit offsets; None if it may.
+
+    kafka-python 3.0.12 resets the membership to generation -1 and member id ``''`` on
+    its heartbeat thread when the coordinator no longer knows the member, or when
+    ``max.poll.interval`` ran out (it leaves the group), and its
+    ``send_offsets_to_transaction`` accepts that snapshot. The broker skips the generation
+    check for a transactional offset commit without a generation, so a worker evicted
+    between its last poll and its commit would commit results and offsets of partitions
+    another member now owns and redoes: duplicates, even exactly once. A snapshot with a
+    real generation is safe to send, even if it goes stale a moment later: the broker
+    checks that generation against the group's.
+    """
+    if metadata.generation_id < 0 or not metadata.member_id:
+        return (
+            f"not a member of group {metadata.group_id!r} any more (generation "
+            f"{metadata.generation_id}, member id {metadata.member_id!r}): evicted, or it "
+            "left after max.poll.interval"
+        )
+    if metadata.state != MemberState.STABLE:
+        return (
+            f"group {metadata.group_id!r} is not stable for this member (state "
+            f"{metadata.state}, generation {metadata.generation_id}): it is rejoining"
+        )
+    return None
+
+
 class KafkaSource:
     """The input topic's consumer, in the worker's group; a context manager."""
 
@@ -334,8 +362,19 @@ class KafkaSource:
 
     def membership(self) -> Any:
         """The consumer's group metadata now (generation, member id), for a transactional
-        offset commit; opaque outside this module."""
-        return self._consumer.group_metadata()
+        offset commit; opaque outside this module.
+
+        Raises
+        ------
+        TransactionAborted
+            The consumer is no longer a member of a stable group (see
+            :func:`not_a_member`): the open transaction must not commit.
+        """
+        metadata = self._consumer.group_metadata()
+        problem = not_a_member(metadata)
+        if problem is not None:
+            raise TransactionAborted("offset commit", problem)
+        return metadata
 
     def commit(self, offsets: dict[Partition, int]) -> bool:
         """Commit synchronously; False when the group moved on (rebalance) meanwhile.

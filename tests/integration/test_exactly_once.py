@@ -21,7 +21,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from tests.support.pipeline import (
     WORKER_START_TIMEOUT_S,
+    Delivery,
     Pipeline,
+    check_delivery,
     duplicates,
     wait_until,
 )
@@ -84,17 +86,6 @@ def _seed_poison(pipeline: Pipeline, count: int) -> None:
     pipeline.producer.flush(timeout=60)
 
 
-def _wait_all_committed(pipeline: Pipeline) -> None:
-    """Until the group's committed offsets reach the input's end: nothing more can become
-    visible after this, so the counts read next are final."""
-    wait_until(
-        lambda: pipeline.committed_offsets() == pipeline.end_offsets(),
-        RESULTS_TIMEOUT_S,
-        lambda: f"offsets never committed to the end\n{pipeline.describe()}",
-        interval_s=0.5,
-    )
-
-
 def _uncommitted_result_ids(pipeline: Pipeline) -> Counter[str]:
     """Results as a read_uncommitted reader sees them: aborted transactions included."""
     consumer = KafkaConsumer(
@@ -121,18 +112,18 @@ def _uncommitted_result_ids(pipeline: Pipeline) -> Counter[str]:
         consumer.close()
 
 
-def _assert_exactly_once(pipeline: Pipeline, ids: list[str], test: str) -> None:
-    counts = pipeline.wait_for_results(ids, RESULTS_TIMEOUT_S)
-    _wait_all_committed(pipeline)
-    counts = pipeline.result_ids()
-    extra = duplicates(counts)
-    print(
-        f"\n[{test}] {len(ids)} ids, {sum(counts.values())} results (read_committed), "
-        f"{len(extra)} duplicated, {pipeline.dead_letter_count()} dead letters"
-    )
-    assert extra == {}, pipeline.describe()
-    assert set(counts) == set(ids), pipeline.describe()
-    assert pipeline.dead_letter_count() == POISON, pipeline.describe()
+def _assert_exactly_once(pipeline: Pipeline, ids: list[str], test: str) -> Delivery:
+    """Every id once, every poison record dead-lettered once, as a read_committed consumer
+    sees the topics read to their ends after the group committed every input offset."""
+    pipeline.wait_for_results(ids, RESULTS_TIMEOUT_S)  # names the missing ids if any
+    # Committed to the input's end: nothing more can become visible after this, so the
+    # output and the DLQ are read to their ends (not one short poll) and the counts are
+    # final; a late duplicate is among them.
+    pipeline.settle(RESULTS_TIMEOUT_S)
+    report = check_delivery(pipeline, ids, max_extra_results=0, dead_letters=POISON, label=test)
+    letters = Counter(bytes(r.key or b"").decode() for r in pipeline.dead_letters.records)
+    assert letters == {f"poison-{n}": 1 for n in range(POISON)}, pipeline.describe()
+    return report
 
 
 def test_exactly_once_end_to_end_every_id_once(make_eos_pipeline: Callable[..., Pipeline]) -> None:
@@ -146,14 +137,23 @@ def test_exactly_once_end_to_end_every_id_once(make_eos_pipeline: Callable[..., 
     assert worker.wait(EXIT_TIMEOUT_S) == 0, worker.log_tail()
 
 
+# after_send's crash must find results in its transaction (checked below): the poison,
+# seeded as the feed starts, can fill the first transactions alone.
 @pytest.mark.parametrize(
-    "failpoint", ["after_inference:4", "after_send:3", "during_commit:3"], ids=lambda f: f
+    "failpoint", ["after_inference:4", "after_send:6", "during_commit:3"], ids=lambda f: f
 )
 def test_sigkill_at_a_failpoint_then_restart_makes_no_duplicates(
     make_eos_pipeline: Callable[..., Pipeline], failpoint: str
 ) -> None:
     pipeline = make_eos_pipeline()
     doomed = pipeline.start_worker(EMOTION_STREAM_FAILPOINT=failpoint)
+    # Consuming before the feed starts: on a busy machine a slow start-up found the whole
+    # feed waiting and classified it in too few transactions to reach the n-th hit.
+    wait_until(
+        lambda: bool(doomed.assigned_partitions()),
+        WORKER_START_TIMEOUT_S,
+        lambda: f"the worker never got its partitions\n{doomed.log_tail()}",
+    )
     feeder = pipeline.feed(FEED, FEED_RATE)
     _seed_poison(pipeline, POISON)
     returncode = doomed.wait(RESULTS_TIMEOUT_S)
@@ -236,3 +236,66 @@ def test_rebalances_while_producing_make_no_duplicates(
     aborts = survivor.log().count("transaction aborted, re-reading from the last commit")
     print(f"[eos-rebalance] the survivor aborted {aborts} transaction(s) on revocation")
     assert aborts >= 1, "the rebalance should have found results in the open transaction"
+
+
+# The evicted replica's consumer: kafka-python's smallest max.poll.interval the worker
+# accepts; past it, kafka-python's heartbeat thread leaves the group (generation -1).
+EVICTING_POLL_INTERVAL_MS = 10_000
+# The stall between the last poll and the commit: max.poll.interval, plus kafka-python's
+# heartbeat interval (3 s: when its thread notices), plus margin for a loaded machine;
+# well under the transaction timeout (60 s), so the broker does not abort it first.
+STALL_S = 25.0
+
+
+def test_an_eviction_between_the_last_poll_and_the_commit_makes_no_duplicates(
+    make_eos_pipeline: Callable[..., Pipeline],
+) -> None:
+    # Two replicas. One stalls, with sent and acknowledged results in its open
+    # transaction, just before committing them (a failpoint that sleeps past
+    # max.poll.interval). Meanwhile kafka-python leaves the group for it and resets its
+    # membership to generation -1 / member '', and the other replica takes its partitions
+    # over and redoes their uncommitted records. A commit with that membership would be
+    # accepted (the broker skips the generation check without one): every record of the
+    # stalled transaction twice. It must abort instead.
+    pipeline = make_eos_pipeline(partitions=3)
+    survivor = pipeline.start_worker(EMOTION_STREAM_TRANSACTIONAL_ID=f"{pipeline.name}-replica-1")
+    wait_until(
+        lambda: bool(survivor.assigned_partitions()),
+        WORKER_START_TIMEOUT_S,
+        lambda: f"the first replica never got partitions\n{pipeline.describe()}",
+    )
+    stalled = pipeline.start_worker(
+        EMOTION_STREAM_TRANSACTIONAL_ID=f"{pipeline.name}-replica-2",
+        EMOTION_STREAM_MAX_POLL_INTERVAL_MS=str(EVICTING_POLL_INTERVAL_MS),
+        # Its third transaction with results: after the group has settled on two members.
+        EMOTION_STREAM_FAILPOINT=f"after_send:3:sleep={STALL_S:g}",
+    )
+    wait_until(
+        lambda: bool(survivor.assigned_partitions()) and bool(stalled.assigned_partitions()),
+        WORKER_START_TIMEOUT_S,
+        lambda: f"the group never split the partitions\n{pipeline.describe()}",
+    )
+    feeder = pipeline.feed(FEED, FEED_RATE / 4)  # 16 s: the stall lands mid-feed
+    _seed_poison(pipeline, POISON)
+    wait_until(
+        lambda: bool(stalled.events("failpoint stall over")) or not stalled.alive(),
+        RESULTS_TIMEOUT_S,
+        lambda: f"the stall never happened or never ended\n{stalled.log_tail()}",
+    )
+    assert stalled.alive(), stalled.log_tail()
+    feeder.finish()
+    report = _assert_exactly_once(pipeline, feeder.ids, "eos-evicted-before-commit")
+
+    # It did find itself evicted at the commit, and aborted rather than committed.
+    stall = stalled.events("failpoint hit: stalling")[0]
+    refused = [
+        event
+        for event in stalled.events("transaction aborted, re-reading from the last commit")
+        if "not a member of group" in str(event.get("error", ""))
+    ]
+    print(
+        f"[eos-evicted-before-commit] stalled {stall['sleep_s']} s; aborted as a non-member: "
+        f"{len(refused)}; {report.results} results, {report.duplicated_ids} duplicated"
+    )
+    assert refused, stalled.log_tail()
+    assert survivor.alive() and stalled.alive(), pipeline.describe()

@@ -20,12 +20,14 @@ Only processes started here are signalled, by the pid their own start recorded.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from compose.embedded import KafkaBroker, KafkaPorts, TritonPorts, TritonServer, fetch_kafka_jars
 from compose.processes import wait_until
@@ -60,10 +62,11 @@ class ControllableTriton(TritonServer):
             f"--load-model={self.model_name}",
         ]
 
-    def _repository(self, action: str) -> None:
+    def _repository(self, action: str, body: dict[str, Any] | None = None) -> None:
         url = f"{self.http_url}/v2/repository/models/{self.model_name}/{action}"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        request = urllib.request.Request(url, data=b"{}", method="POST")
+        data = json.dumps(body or {}).encode()
+        request = urllib.request.Request(url, data=data, method="POST")
         try:
             with opener.open(request, timeout=REPOSITORY_API_TIMEOUT_S) as answer:
                 assert answer.status == 200, f"{action}: HTTP {answer.status}"
@@ -78,9 +81,21 @@ class ControllableTriton(TritonServer):
         self._repository("unload")
         assert wait_until(lambda: not self.model_ready(), timeout_s=REPOSITORY_API_TIMEOUT_S)
 
-    def load_model(self) -> None:
-        self._repository("load")
+    def load_model(self, config: dict[str, Any] | None = None) -> None:
+        """Load (or reload) the model: from the repository's files, or with ``config`` in
+        place of its configuration (Triton's load-time override: a model version whose
+        inputs differ, without a second exported model)."""
+        body = {"parameters": {"config": json.dumps(config)}} if config is not None else None
+        self._repository("load", body)
         assert wait_until(self.model_ready, timeout_s=REPOSITORY_API_TIMEOUT_S)
+
+    def model_config(self) -> dict[str, Any]:
+        """The served model's configuration, as Triton's HTTP API gives it (JSON)."""
+        url = f"{self.http_url}/v2/models/{self.model_name}/config"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=REPOSITORY_API_TIMEOUT_S) as answer:
+            config: dict[str, Any] = json.loads(answer.read())
+        return config
 
     def kill(self) -> None:
         """SIGKILL the server's process group (the server and its backend stubs): a crash."""

@@ -273,3 +273,53 @@ def test_losing_a_partition_with_results_in_the_open_transaction_aborts_it(
     counts = visible_ids(h)
     assert sorted(counts) == [f"p0-{n}" for n in range(10)]
     assert set(counts.values()) == {1}
+
+
+class EvictedSource(TransactionalSource):
+    """A consumer whose membership kafka-python reset (generation -1, member '') before
+    the worker's n-th commit: the transport refuses it, as ``KafkaSource.membership``."""
+
+    def __init__(
+        self,
+        records: dict[Partition, list[Any]],
+        publisher: TransactionalPublisher,
+        evicted_at_commit: int,
+    ) -> None:
+        super().__init__(records)
+        self.publisher = publisher
+        self.evicted_at_commit = evicted_at_commit
+        self.asked = 0
+        self.open_at_eviction: list[OutboundRecord] = []
+
+    def membership(self) -> Any:
+        self.asked += 1
+        if self.asked == self.evicted_at_commit:
+            with self.publisher.lock:
+                self.open_at_eviction = list(self.publisher.open_records)
+            raise TransactionAborted("offset commit", "not a member (generation -1)")
+        return MEMBERSHIP
+
+
+def test_a_commit_as_a_member_that_no_longer_is_one_aborts_and_rereads(
+    run_worker: Callable[..., Harness],
+) -> None:
+    # Many short transactions; the eviction lands on a commit that holds results.
+    records = {("tweets", 0): tweets(0, 40)}
+    out = TransactionalPublisher()
+    source = EvictedSource(records, out, evicted_at_commit=2)
+    h = run_worker(
+        records,
+        source=source,
+        publisher=out,
+        delivery="exactly_once",
+        max_batch_size=8,
+    )
+    wait_for(lambda: out.aborts == 1, "the evicted commit aborted")
+    assert source.open_at_eviction, "the evicted commit held results"
+    wait_for(lambda: out.committed_offsets() == {("tweets", 0): 40}, "all committed")
+    h.stop()
+    # The aborted results were never visible; read again and committed once.
+    counts = visible_ids(h)
+    assert len(counts) == 40 and set(counts.values()) == {1}
+    assert out.aborts == 1
+    assert h.worker.metrics.retries.labels(reason="TransactionAborted")._value.get() >= 1

@@ -83,6 +83,15 @@ def test_hit_number_kills_on_the_nth_hit() -> None:
     assert child.stdout.splitlines() == ["before 1", "after 1", "before 2"]
 
 
+def test_a_sleep_point_stalls_on_the_nth_hit_then_goes_on() -> None:
+    child = run_child(HIT_THREE_TIMES, "after_send:2:sleep=1.5")
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.splitlines()[-1] == "finished"
+    assert "failpoint hit: stalling" in child.stderr
+    assert child.stderr.count("failpoint stall over") == 1
+    assert '"hit": 2' in child.stderr
+
+
 def test_another_armed_point_leaves_this_one_alone() -> None:
     child = run_child(HIT_THREE_TIMES, "during_commit")
     assert child.returncode == 0, child.stderr
@@ -96,6 +105,8 @@ def test_another_armed_point_leaves_this_one_alone() -> None:
         ("  ", None),
         ("after_inference", failpoints.Failpoint("after_inference", 1)),
         ("during_commit:3", failpoints.Failpoint("during_commit", 3)),
+        ("after_send:2:sleep=25", failpoints.Failpoint("after_send", 2, 25.0)),
+        ("after_send::sleep=0.5", failpoints.Failpoint("after_send", 1, 0.5)),
     ],
 )
 def test_parse_accepts_names_and_hit_numbers(
@@ -111,6 +122,11 @@ def test_parse_accepts_names_and_hit_numbers(
         ("after_send:0", "positive integer"),
         ("after_send:two", "positive integer"),
         ("after_send:-1", "positive integer"),
+        ("after_send:1:nap=3", "sleep=<seconds>"),
+        ("after_send:1:sleep=", "sleep=<seconds>"),
+        ("after_send:1:sleep=-2", "sleep=<seconds>"),
+        ("after_send:1:sleep=nan", "sleep=<seconds>"),
+        ("after_send:1:sleep=inf", "sleep=<seconds>"),
     ],
 )
 def test_parse_rejects_unknown_names_and_bad_hit_numbers(spec: str, message: str) -> None:

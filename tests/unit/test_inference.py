@@ -20,9 +20,11 @@ from worker.errors import (
 )
 from worker.inference import (
     Classified,
+    ModelSpec,
     TritonClassifier,
     classify_isolating_rejects,
     classify_planned,
+    describe_change,
     label_scores,
     parse_model_config,
     softmax,
@@ -281,3 +283,28 @@ def test_classifier_translates_rpc_errors_once() -> None:
 def test_model_not_ready_is_transient() -> None:
     with pytest.raises(InferenceUnavailable, match="model not ready"):
         TritonClassifier(FakeClient(), "emotion-classifier").ensure_ready()
+
+
+def test_a_request_rejected_item_by_item_asks_before_its_outcomes_are_returned() -> None:
+    asked: list[str] = []
+    # Rows 100-102 in one request, 103-104 in another; all of the first is rejected.
+    fake = RejectsRows({100, 101, 102, 104})
+    outcomes, _ = classify_planned(fake, planned((0, 1, 2), (3, 4)), lambda: asked.append("?"))
+    assert asked == ["?"]  # the first request only: the second had an accepted row
+    assert [isinstance(o, InferenceRejected) for o in outcomes] == [True] * 3 + [False, True]
+
+    def model_changed() -> None:
+        raise InferenceUnavailable("model changed", "retry")
+
+    with pytest.raises(InferenceUnavailable):
+        classify_planned(RejectsRows({100}), planned((0,)), model_changed)
+    assert classify_planned(RejectsRows(set()), planned((0,)), model_changed)[1] == "1"
+
+
+def test_describe_change_names_each_difference() -> None:
+    old = ModelSpec("m", 32, {"input_ids": "TYPE_INT64"}, 6)
+    assert describe_change(old, old) is None
+    new = ModelSpec("m", 16, {"input_ids": "TYPE_INT32"}, 4)
+    said = describe_change(old, new) or ""
+    assert "TYPE_INT64" in said and "TYPE_INT32" in said
+    assert "max_batch_size 32 -> 16" in said and "labels 6 -> 4" in said

@@ -8,6 +8,9 @@ from typing import Any
 
 import kafka.errors
 import pytest
+from kafka.coordinator.base import Generation
+from kafka.coordinator.consumer import ConsumerCoordinator
+from kafka.structs import ConsumerGroupMetadata, MemberState
 
 from worker.errors import (
     BrokerUnavailable,
@@ -19,7 +22,12 @@ from worker.errors import (
 )
 from worker.messages import OutboundRecord
 from worker.settings import WorkerSettings
-from worker.transport import TransactionalPublisher, translate_kafka_error
+from worker.transport import (
+    KafkaSource,
+    TransactionalPublisher,
+    not_a_member,
+    translate_kafka_error,
+)
 
 
 @pytest.mark.parametrize(
@@ -351,3 +359,57 @@ def test_the_private_kafka_python_fetcher_state_the_source_reads_still_exists() 
         Fetcher.fetched_records
     )
     assert "self.topic_partition = tp" in inspect.getsource(Fetcher.PartitionRecords.__init__)
+
+
+def _evicted_by_kafka_python(error: type[Exception]) -> ConsumerGroupMetadata:
+    """The group metadata kafka-python 3.0.12 itself leaves after its heartbeat thread hears
+    ``error`` (its own reset_generation, on a coordinator that was a stable member)."""
+    coordinator = object.__new__(ConsumerCoordinator)  # no network: only the membership state
+    coordinator._lock = threading.RLock()
+    coordinator.config = {"group_id": "workers", "group_instance_id": None}
+    coordinator._generation = Generation(7, "member-1", "range")
+    coordinator.state = MemberState.STABLE
+    if error is kafka.errors.UnknownMemberIdError:
+        coordinator.reset_generation()  # what _handle_heartbeat_response does for it
+    else:  # IllegalGenerationError keeps the member id, drops the generation
+        coordinator.reset_generation(member_id=coordinator._generation.member_id)
+    metadata: ConsumerGroupMetadata = coordinator.group_metadata()
+    return metadata
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        _evicted_by_kafka_python(kafka.errors.UnknownMemberIdError),
+        _evicted_by_kafka_python(kafka.errors.IllegalGenerationError),
+        ConsumerGroupMetadata("workers"),  # never joined (the defaults)
+        ConsumerGroupMetadata("workers", 7, "", None, MemberState.STABLE),
+        ConsumerGroupMetadata("workers", 7, "member-1", None, MemberState.REBALANCING),
+        ConsumerGroupMetadata("workers", 7, "member-1", None, MemberState.UNJOINED),
+    ],
+    ids=[
+        "unknown-member",
+        "illegal-generation",
+        "never-joined",
+        "no-member-id",
+        "rejoining",
+        "unjoined",
+    ],
+)
+def test_a_consumer_that_is_not_a_stable_member_may_not_commit(
+    metadata: ConsumerGroupMetadata,
+) -> None:
+    assert not_a_member(metadata) is not None
+    source = KafkaSource(WorkerSettings(delivery="exactly_once"), handler=None)  # type: ignore[arg-type]
+    source._consumer = type("Consumer", (), {"group_metadata": lambda self: metadata})()
+    with pytest.raises(TransactionAborted, match="offset commit") as caught:
+        source.membership()
+    assert isinstance(caught.value, TransientError)  # the loop aborts and re-reads
+
+
+def test_a_stable_member_commits_with_its_generation() -> None:
+    metadata = ConsumerGroupMetadata("workers", 7, "member-1", None, MemberState.STABLE)
+    assert not_a_member(metadata) is None
+    source = KafkaSource(WorkerSettings(delivery="exactly_once"), handler=None)  # type: ignore[arg-type]
+    source._consumer = type("Consumer", (), {"group_metadata": lambda self: metadata})()
+    assert source.membership() is metadata
