@@ -143,7 +143,9 @@ def _exit_after_reaching_kafka(
         WORKER_START_TIMEOUT_S,
         lambda: (
             "never reached Kafka: start-up (imports, tokenizer, Triton) did not end "
-            f"with 'model ready'\n{worker.log_tail()}"
+            "with 'model ready'"
+            + ("" if worker.log().strip() else " (no log line yet: still importing)")
+            + f"\n{worker.log_tail()}"
         ),
     )
     assert worker.events("model ready"), f"died before reaching Kafka\n{worker.log_tail()}"
