@@ -41,7 +41,7 @@ faults: setup
 # The README's first command: export MODEL (a hub id needs internet; a local model
 # folder does not), start the local Kafka + Triton and a worker, feed sample tweets and
 # print them classified, live, until Ctrl-C. Everything keeps running until `make stop`.
-# EXPORT_ARGS passes options to `emotion-stream export` (e.g. --min-agreement 0 for a test model).
+# EXPORT_ARGS passes options to `emotion-stream export` (e.g. --min-agreement 0 --max-drift 1 for a test model).
 run: setup
 	MODEL="$(MODEL)" EXPORT_ARGS="$(EXPORT_ARGS)" bash compose/run_demo.sh run
 

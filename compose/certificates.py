@@ -3,11 +3,13 @@
 Made with the ``openssl`` command line (present wherever Kafka's tooling is; no Python
 dependency): a self-signed CA and a server certificate it signs for ``localhost`` and
 ``127.0.0.1``, valid for a few days. Keys are unencrypted PEM (PKCS#8), readable only by
-their owner: the files live in a test's temporary folder or the stack's state folder.
+their owner from the moment they exist (:func:`_private_file`, never a ``chmod`` after the
+key is in): the files live in a test's temporary folder or the stack's state folder.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -36,6 +38,24 @@ class ServerCertificate:
     keystore: Path
 
 
+# Owner read/write only: the mode a private key file is created with.
+PRIVATE_MODE = 0o600
+
+
+def _private_file(path: Path, content: str = "") -> Path:
+    """Create ``path`` (replacing any old file) with mode 0600, then write ``content``.
+
+    The mode is set by the ``open`` that creates the file, so no moment exists in which
+    the key is readable by others; ``openssl`` writing a key into this file truncates it
+    and keeps its mode.
+    """
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE)
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(content)
+    return path
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     if shutil.which("openssl") is None:
         raise EmbeddedStackError("certificates: `openssl` not found on PATH")
@@ -56,7 +76,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 def make_ca(folder: Path, name: str = "ca") -> tuple[Path, Path]:
     """A self-signed CA in ``folder``: ``(<name>.pem, <name>.key)``."""
     folder.mkdir(parents=True, exist_ok=True)
-    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    cert, key = folder / f"{name}.pem", _private_file(folder / f"{name}.key")
     _openssl(
         "req", "-x509", "-newkey", KEY_ALGORITHM, "-nodes",
         "-keyout", str(key), "-out", str(cert), "-days", str(VALIDITY_DAYS),
@@ -65,14 +85,14 @@ def make_ca(folder: Path, name: str = "ca") -> tuple[Path, Path]:
         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
         cwd=folder,
     )  # fmt: skip
-    key.chmod(0o600)
     return cert, key
 
 
 def make_server_certificate(folder: Path, name: str = "server") -> ServerCertificate:
     """A new CA and a server certificate for ``localhost``/``127.0.0.1`` in ``folder``."""
     ca_cert, ca_key = make_ca(folder, f"{name}-ca")
-    key, request, cert = (folder / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
+    request, cert = (folder / f"{name}.{ext}" for ext in ("csr", "pem"))
+    key = _private_file(folder / f"{name}.key")
     extensions = folder / f"{name}.ext"
     extensions.write_text(
         f"subjectAltName={SERVER_NAMES}\n"
@@ -92,10 +112,8 @@ def make_server_certificate(folder: Path, name: str = "server") -> ServerCertifi
         "-extfile", str(extensions),
         cwd=folder,
     )  # fmt: skip
-    key.chmod(0o600)
-    keystore = folder / f"{name}-keystore.pem"
-    keystore.write_text(
-        key.read_text(encoding="ascii") + cert.read_text(encoding="ascii"), encoding="ascii"
+    keystore = _private_file(
+        folder / f"{name}-keystore.pem",
+        key.read_text(encoding="ascii") + cert.read_text(encoding="ascii"),
     )
-    keystore.chmod(0o600)
     return ServerCertificate(ca_cert=ca_cert, cert=cert, key=key, keystore=keystore)

@@ -7,7 +7,7 @@
 #   stop: stop the worker this script started, then the local stack.
 #
 # Environment: MODEL (hub id or local model folder), EXPORT_ARGS (more options for
-# `emotion-stream export`, e.g. "--min-agreement 0" for an untrained test model),
+# `emotion-stream export`, e.g. "--min-agreement 0 --max-drift 1" for an untrained test model),
 # SAMPLE_LIMIT (tweets to feed, default 200), SAMPLE_RATE (tweets/s, default 10),
 # IDLE_TIMEOUT (stop printing after this many idle seconds; default: until Ctrl-C).
 # EMOTION_STREAM_* settings reach the worker and the tools as usual.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from emotion_stream.layout import DEFAULT_HUB_MODEL, DEFAULT_MODEL_NAME, default_repository
 from exporter.errors import ExportError
-from exporter.parity import DEFAULT_MAX_F1_DROP, DEFAULT_MIN_AGREEMENT
+from exporter.parity import DEFAULT_MAX_DRIFT, DEFAULT_MAX_F1_DROP, DEFAULT_MIN_AGREEMENT
 from exporter.runtime import TRITON_MAX_BATCH, Threads
 from exporter.triton_config import DEFAULT_THREADS
 
@@ -47,7 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-agreement",
         type=float,
         default=DEFAULT_MIN_AGREEMENT,
-        help="lowest FP32-vs-INT8 label agreement that passes, 0-1",
+        help="FP32-vs-INT8 label agreement required, 0-1: the gate fails when the one-sided "
+        "95%% upper confidence bound of the measured agreement is below it (so one unlucky "
+        "text in a small sample cannot fail it)",
+    )
+    parser.add_argument(
+        "--max-drift",
+        type=float,
+        default=DEFAULT_MAX_DRIFT,
+        help="largest mean, over the texts, of each text's largest class-probability "
+        "change FP32 -> INT8 that passes, 0-1",
     )
     parser.add_argument(
         "--max-f1-drop",
@@ -115,6 +124,7 @@ def main(argv: list[str]) -> int:
         max_batch_size=args.max_batch_size,
         threads=Threads(intra_op=args.intra_op_threads, inter_op=args.inter_op_threads),
         min_agreement=args.min_agreement,
+        max_drift=args.max_drift,
         max_f1_drop=args.max_f1_drop,
         eval_file=args.eval_file,
         parity_sample=args.parity_sample,

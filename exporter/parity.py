@@ -5,13 +5,27 @@ probabilities, and label agreement of the INT8 model between padding to 128 and 
 to the batch's longest text (the worker pads dynamically). With an eval file (JSON lines
 with ``text`` and ``label``), accuracy and macro-F1 of both models too.
 
-The gate fails the export when agreement is below ``min_agreement`` or macro-F1 drops
-by more than ``max_f1_drop`` points.
+The gate decides on what the texts can show, not on a raw percentage of a sample:
+
+- **agreement**: it fails when the one-sided 95 % Wilson *upper* bound on the label
+  agreement is below ``min_agreement`` — when the texts show, at 95 % confidence, that
+  the INT8 model agrees less often than required. One unlucky text in a small sample
+  cannot do that (31 of 32 agreeing: upper bound 99.3 %), a model that disagrees often
+  does (460 of 512, 89.8 %: upper bound 91.8 %);
+- **drift**: it fails when the INT8 model moves the class probabilities too far on
+  average: the mean over the texts of each text's largest class-probability change must
+  not exceed ``max_drift``. One text can move this mean by at most 1/n, so it catches a
+  damaged model (wrong scales, broken weights) whose labels a small sample cannot
+  convict, and spares a good one whose single text flipped;
+- **macro-F1** (with an eval file): the drop must not exceed ``max_f1_drop`` points.
+
+The report records the number of texts, both bounds and which check decided.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,6 +40,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MIN_AGREEMENT = 0.97
 DEFAULT_MAX_F1_DROP = 1.0  # macro-F1 points (0-100 scale)
+# Mean over texts of the largest class-probability change. A faithful INT8 model moves
+# probabilities by a few hundredths (the real-weights model's largest single change on 32
+# texts was 0.163); a model quantized with broken scales moves them by tenths.
+DEFAULT_MAX_DRIFT = 0.10
+# The normal quantile of a one-sided 95 % bound.
+CONFIDENCE_Z = 1.6449
+AGREEMENT_BOUND = "one-sided 95% Wilson upper bound"
 # Padding to 128 costs ~3x the compute of dynamic padding; a sample of this many texts
 # is enough to see whether the two disagree (measured: 99.8-99.9% agreement).
 PADDING_CHECK_TEXTS = 128
@@ -56,16 +77,44 @@ class ParityFigures:
     label_agreement: float
     max_abs_prob_diff: float
     mean_abs_prob_diff: float
+    mean_text_drift: float
+    """Mean over the texts of each text's largest class-probability change."""
     padding_texts: int
     fixed_vs_dynamic_agreement: float
     evaluation: EvalFigures | None
 
+    @property
+    def agreeing(self) -> int:
+        """How many texts got the same label from both models."""
+        return round(self.label_agreement * self.texts)
+
+    @property
+    def agreement_upper_bound(self) -> float:
+        """The one-sided 95 % upper confidence bound on the label agreement."""
+        return wilson_upper_bound(self.agreeing, self.texts)
+
     def as_record(self) -> dict[str, Any]:
-        """A JSON-ready dict (eval figures nested, F1 drop included)."""
+        """A JSON-ready dict (eval figures nested, F1 drop and the agreement bound included)."""
         record = asdict(self)
+        record["agreement_upper_bound"] = round(self.agreement_upper_bound, 4)
         if self.evaluation is not None:
             record["evaluation"]["f1_drop_points"] = round(self.evaluation.f1_drop_points, 3)
         return record
+
+
+def wilson_upper_bound(successes: int, trials: int, z: float = CONFIDENCE_Z) -> float:
+    """The Wilson score upper bound of a binomial proportion (1.0 without trials).
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest at the edges:
+    32 of 32 gives 1.0, 31 of 32 gives 0.993.
+    """
+    if trials <= 0 or successes >= trials:
+        return 1.0  # no evidence against, or none of it (exact, not 0.9999999999999998)
+    share = successes / trials
+    z2 = z * z
+    centre = share + z2 / (2 * trials)
+    spread = z * math.sqrt(share * (1 - share) / trials + z2 / (4 * trials * trials))
+    return min(1.0, max(share, (centre + spread) / (1 + z2 / trials)))
 
 
 def macro_f1(gold: npt.NDArray[np.int64], predicted: npt.NDArray[np.int64]) -> float:
@@ -143,27 +192,46 @@ def measure_parity(
         label_agreement=float(np.mean(labels_fp32 == labels_int8)),
         max_abs_prob_diff=float(diff.max()),
         mean_abs_prob_diff=float(diff.mean()),
+        mean_text_drift=float(diff.max(axis=1).mean()) if texts else 0.0,
         padding_texts=len(padding_sample),
         fixed_vs_dynamic_agreement=float(np.mean(fixed == dynamic)),
         evaluation=evaluation,
     )
 
 
-def enforce_gate(figures: ParityFigures, min_agreement: float, max_f1_drop: float) -> None:
-    """Raise when the INT8 model strays further from FP32 than allowed.
+def enforce_gate(
+    figures: ParityFigures,
+    min_agreement: float,
+    max_f1_drop: float,
+    max_drift: float = DEFAULT_MAX_DRIFT,
+) -> dict[str, Any]:
+    """The gate's verdict for the report; raise when the INT8 model strays too far.
+
+    Returns
+    -------
+    dict
+        Texts, the agreement and its bound, the drift, the thresholds and ``decided_by``.
 
     Raises
     ------
     ParityGateError
-        With every figure that failed and its threshold, in one line.
+        With every check that failed, its bound, its threshold and the number of texts,
+        in one line.
     """
-    failures = []
-    if figures.label_agreement < min_agreement:
-        failures.append(
-            f"label agreement {figures.label_agreement:.2%} < {min_agreement:.2%} "
-            f"({figures.texts} texts, max |dp| {figures.max_abs_prob_diff:.3f})"
-        )
+    upper = figures.agreement_upper_bound
     evaluation = figures.evaluation
+    failures = []
+    if upper < min_agreement:
+        failures.append(
+            f"label agreement {figures.label_agreement:.2%} on {figures.texts} texts "
+            f"({figures.agreeing} agree): its {AGREEMENT_BOUND} {upper:.2%} < "
+            f"{min_agreement:.2%} (max |dp| {figures.max_abs_prob_diff:.3f})"
+        )
+    if figures.mean_text_drift > max_drift:
+        failures.append(
+            f"mean probability drift {figures.mean_text_drift:.3f} > {max_drift:.3f} "
+            f"on {figures.texts} texts (per text, the largest class-probability change)"
+        )
     if evaluation is not None and evaluation.f1_drop_points > max_f1_drop:
         failures.append(
             f"macro-F1 drop {evaluation.f1_drop_points:.2f} points > {max_f1_drop:.2f} "
@@ -171,3 +239,22 @@ def enforce_gate(figures: ParityFigures, min_agreement: float, max_f1_drop: floa
         )
     if failures:
         raise ParityGateError("parity gate failed, nothing written: " + "; ".join(failures))
+    decided_by = (
+        f"{AGREEMENT_BOUND} {upper:.2%} >= {min_agreement:.2%} and mean drift "
+        f"{figures.mean_text_drift:.3f} <= {max_drift:.3f}"
+    )
+    if evaluation is not None:
+        decided_by += f" and macro-F1 drop {evaluation.f1_drop_points:.2f} <= {max_f1_drop:.2f}"
+    return {
+        "passed": True,
+        "texts": figures.texts,
+        "text_source": figures.text_source,
+        "agreement": round(figures.label_agreement, 4),
+        "agreement_bound": AGREEMENT_BOUND,
+        "agreement_upper_bound": round(upper, 4),
+        "min_agreement": min_agreement,
+        "mean_text_drift": round(figures.mean_text_drift, 4),
+        "max_drift": max_drift,
+        "max_f1_drop": max_f1_drop,
+        "decided_by": decided_by,
+    }

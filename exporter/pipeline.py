@@ -28,6 +28,7 @@ from exporter.loading import LoadedModel, load_model, resolve_model
 from exporter.onnx_export import export_fp32, graph_facts
 from exporter.optimizing import fuse
 from exporter.parity import (
+    DEFAULT_MAX_DRIFT,
     DEFAULT_MAX_F1_DROP,
     DEFAULT_MIN_AGREEMENT,
     ParityFigures,
@@ -52,7 +53,8 @@ from exporter.triton_config import DEFAULT_THREADS, config_pbtxt, labels_txt
 log = logging.getLogger(__name__)
 
 # Bumped when the exporter's output changes for the same inputs, so old exports redo.
-REPORT_SCHEMA = 1
+# 2: the gate decides on a confidence bound and on drift, and the report says so.
+REPORT_SCHEMA = 2
 DEFAULT_PARITY_SAMPLE = 512
 DEFAULT_BENCHMARK_BATCHES = 3
 MIB = 1 << 20
@@ -75,7 +77,10 @@ class ExportOptions:
     threads: Threads = DEFAULT_THREADS
     """onnxruntime threads: in config.pbtxt and for the in-process measurements."""
     min_agreement: float = DEFAULT_MIN_AGREEMENT
-    """Lowest FP32-vs-INT8 label agreement (0-1) that passes the gate."""
+    """FP32-vs-INT8 label agreement (0-1) the gate requires: it fails when the one-sided
+    95 % upper confidence bound of the measured agreement is below this."""
+    max_drift: float = DEFAULT_MAX_DRIFT
+    """Largest mean (over texts) of each text's largest class-probability change."""
     max_f1_drop: float = DEFAULT_MAX_F1_DROP
     """Largest macro-F1 drop (points, with --eval-file) that passes the gate."""
     eval_file: Path | None = None
@@ -109,6 +114,8 @@ class ExportOptions:
             raise ExportError(f"--max-batch-size must be at least 1, not {self.max_batch_size}")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ExportError(f"--min-agreement is a fraction in [0, 1], not {self.min_agreement}")
+        if not 0.0 <= self.max_drift <= 1.0:
+            raise ExportError(f"--max-drift is a probability in [0, 1], not {self.max_drift}")
         if self.parity_sample < 1 or self.benchmark_batches < 1:
             raise ExportError("--parity-sample and the benchmark batches must be at least 1")
         if self.threads.intra_op < 0 or self.threads.inter_op < 0:
@@ -185,7 +192,8 @@ def _build(
         labels=loaded.labels,
         eval_rows=eval_rows,
     )
-    enforce_gate(parity, options.min_agreement, options.max_f1_drop)
+    gate = enforce_gate(parity, options.min_agreement, options.max_f1_drop, options.max_drift)
+    log.info("parity gate passed on %d texts: %s", parity.texts, gate["decided_by"])
 
     log.info("benchmark: latency at batch 1, throughput at batch %d", TRITON_MAX_BATCH)
     speed_texts = texts if eval_rows is None else [row.text for row in eval_rows]
@@ -226,11 +234,7 @@ def _build(
             "reduction": round(fp32_bytes / int8_bytes, 2),
         },
         "parity": parity.as_record(),
-        "gate": {
-            "min_agreement": options.min_agreement,
-            "max_f1_drop": options.max_f1_drop,
-            "passed": True,
-        },
+        "gate": gate,
         "speed": {"threads": asdict(options.threads), "text_source": text_source, **speed},
         "triton": {
             "model_name": options.model_name,
@@ -278,7 +282,7 @@ def summary(outcome: ExportOutcome) -> str:
     report = outcome.report
     if outcome.skipped:
         return f"{outcome.layout.model_dir}: already up to date (use --force to rebuild)"
-    sizes, parity = report["sizes"], report["parity"]
+    sizes, parity, gate = report["sizes"], report["parity"], report["gate"]
     speed = report["speed"]
     lines = [
         f"exported {report['model']['id']} -> {outcome.layout.model_dir}",
@@ -288,9 +292,11 @@ def summary(outcome: ExportOutcome) -> str:
         "  fusions       " + ", ".join(f"{k} x{v}" for k, v in report["fusions"].items()),
         f"  size          {sizes['fp32_mib']} MiB FP32 -> {sizes['int8_mib']} MiB INT8 "
         f"({sizes['reduction']}x smaller)",
-        f"  parity        agreement {parity['label_agreement']:.2%} on {parity['texts']} texts; "
-        f"max |dp| {parity['max_abs_prob_diff']:.4f}, mean {parity['mean_abs_prob_diff']:.4f}; "
+        f"  parity        agreement {parity['label_agreement']:.2%} on {parity['texts']} texts "
+        f"({parity['text_source']}); max |dp| {parity['max_abs_prob_diff']:.4f}, "
+        f"mean drift {parity['mean_text_drift']:.4f}; "
         f"fixed-128 vs dynamic {parity['fixed_vs_dynamic_agreement']:.2%}",
+        f"  gate          passed on {gate['texts']} texts: {gate['decided_by']}",
     ]
     evaluation: dict[str, Any] | None = parity.get("evaluation")
     if evaluation:

@@ -1,8 +1,9 @@
 """Texts the parity check and the speed measurement run on.
 
 The labelled TweetEval emotion test split lives outside the repository (it is research
-data, see ``../shared/data/README.md``); it is used when present, and a small built-in
-set of tweet-like sentences otherwise, so a user without that folder can still export.
+data, see ``../shared/data/README.md``); it is used when present, and 640 built-in
+tweet-like texts otherwise, so a user without that folder gets a parity verdict on as
+many texts as the default sample (512).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from exporter.builtin_tweets import built_in_tweets
 from exporter.errors import ExportError
 
 # ``<checkout>/../shared/data/``: where the project's shared research data sits.
@@ -21,40 +23,9 @@ SHARED_TWEETS = (
     / "tweeteval-emotion-test.jsonl"
 )
 
-BUILT_IN_TEXTS: tuple[str, ...] = (
-    "I can't believe they cancelled the show again, absolutely furious",
-    "Best day ever! Got the job!!! 🎉",
-    "Tomorrow will be better, keep your head up",
-    "Missing my grandma so much today 💔",
-    "Why does the bus always come late when it rains #annoyed",
-    "Just finished my first marathon, so proud of myself",
-    "Things are tough but we'll get through this together",
-    "Nobody showed up to my birthday party...",
-    "The referee ruined the whole match, disgraceful",
-    "Laughing so hard at this video 😂😂",
-    "New week, new chances. Let's go!",
-    "I feel so alone lately",
-    "Stop sending me spam emails, this is the fifth time today",
-    "Sunshine, coffee and a good book. Perfect morning",
-    "Every setback is a setup for a comeback",
-    "Lost my keys, my wallet and my patience",
-    "@friend you are the best, thank you for everything",
-    "Can't sleep, too many thoughts",
-    "Traffic jam for two hours, I want to scream",
-    "Our team won the championship!!!",
-    "Hoping the new year brings peace to everyone",
-    "The ending of that movie broke my heart",
-    "They raised the rent again. Unbelievable.",
-    "Dancing in the kitchen like nobody's watching",
-    "I know things will work out in the end",
-    "Rainy days make me miss summer",
-    "How is customer service this bad in 2024",
-    "Got a puppy today, I'm in love",
-    "Stay positive, good things take time",
-    "Funeral today. Rest in peace, uncle.",
-    "Who approved this terrible update?",
-    "Weekend trip with my best friends, can't wait",
-)
+# Tweet-like texts of the project's own making (exporter/builtin_tweets.py): enough for
+# the parity gate's default sample of 512.
+BUILT_IN_TEXTS: tuple[str, ...] = built_in_tweets()
 
 
 @dataclass(frozen=True)
@@ -99,4 +70,4 @@ def sample_texts(limit: int) -> tuple[list[str], str]:
         rows = read_jsonl(SHARED_TWEETS)
         return [row.text for row in rows[:limit]], f"{SHARED_TWEETS.name} ({min(limit, len(rows))})"
     texts = list(BUILT_IN_TEXTS[:limit])
-    return texts, f"built-in samples ({len(texts)})"
+    return texts, f"built-in tweets ({len(texts)})"

@@ -39,7 +39,7 @@ from kafka import TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import MemberState, OffsetAndMetadata
 
-from worker import failpoints
+from worker import failpoints, kafka_repair
 from worker.errors import (
     BrokerUnavailable,
     FatalError,
@@ -114,6 +114,9 @@ CONSUMER_START = "consumer start"
 PRODUCER_START = "producer start"
 _login_failures = _LoginFailureWatch()
 logging.getLogger("kafka.net.manager").addFilter(_login_failures)
+# Without it the broker's refusal is often read together with its close and dropped, so
+# the watch never sees it (worker/kafka_repair.py).
+kafka_repair.install()
 
 
 def translate_kafka_error(exc: BaseException, operation: str) -> WorkerError:

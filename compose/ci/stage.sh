@@ -259,8 +259,8 @@ build_tiny_model(Path(sys.argv[1]))' "$STANDIN_HF_MODEL" > "$WORK/tiny-model.log
   fi
   # The exporter runs as a non-root user; the builders write some files owner-only.
   chmod -R a+rX "$STANDIN_HF_MODEL"
-  # A random tiny model: the exporter's FP32-vs-INT8 agreement gate is off for it.
-  export EXPORT_ARGS="--min-agreement 0 --parity-sample 64"
+  # A random tiny model: the exporter's FP32-vs-INT8 gate (agreement, drift) is off for it.
+  export EXPORT_ARGS="--min-agreement 0 --max-drift 1 --parity-sample 64"
   export KAFKA_PORT KAFKA_INTERNAL_PORT KAFKA_CONTROLLER_PORT
   export TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT
   KAFKA_PORT=$(free_port); KAFKA_INTERNAL_PORT=$(free_port); KAFKA_CONTROLLER_PORT=$(free_port)

@@ -202,6 +202,8 @@ def test_cli_reports_up_to_date(
             "0",
             "--max-f1-drop",
             "100",
+            "--max-drift",
+            "1",
             "--parity-sample",
             str(TINY_PARITY_SAMPLE),
         ]

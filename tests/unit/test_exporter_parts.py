@@ -27,7 +27,7 @@ def figures(agreement: float, f1_fp32: float | None = None, f1_int8: float = 0.0
     evaluation = None
     if f1_fp32 is not None:
         evaluation = EvalFigures(10, 0.8, 0.8, f1_fp32, f1_int8)
-    return ParityFigures(100, "test", agreement, 0.1, 0.01, 10, 1.0, evaluation)
+    return ParityFigures(100, "test", agreement, 0.1, 0.01, 0.02, 10, 1.0, evaluation)
 
 
 def test_tracked_repository_files_are_what_the_exporter_writes() -> None:
@@ -102,7 +102,7 @@ def test_gate_message_names_every_failed_figure() -> None:
     with pytest.raises(ParityGateError) as caught:
         enforce_gate(figures(0.9, f1_fp32=0.78, f1_int8=0.70), min_agreement=0.97, max_f1_drop=1.0)
     message = str(caught.value)
-    assert "label agreement 90.00% < 97.00%" in message
+    assert "label agreement 90.00% on 100 texts (90 agree)" in message and "< 97.00%" in message
     assert "macro-F1 drop 8.00 points > 1.00" in message
     assert "\n" not in message
 
