@@ -488,15 +488,19 @@ class KafkaPublisher:
         if self.limits.stale:
             self.limits.refresh()
         if self._poisoned:
-            self._poisoned = False
-            old, self._producer = self._producer, None
-            with contextlib.suppress(Exception):
-                old.close(timeout=0)
-            log.warning("producer replaced after the broker refused a record as too large")
-            try:
-                self._producer = self._new_producer()
-            except Exception as exc:
-                raise self._translate(exc, PRODUCER_START) from exc
+            self._replace_producer()
+
+    def _replace_producer(self, **extra: Any) -> None:
+        """Close the poisoned producer (what it still held has failed) and start a new one."""
+        self._poisoned = False
+        old, self._producer = self._producer, None
+        with contextlib.suppress(Exception):
+            old.close(timeout=0)
+        log.warning("producer replaced after the broker refused a record as too large")
+        try:
+            self._producer = self._new_producer(**extra)
+        except Exception as exc:
+            raise self._translate(exc, PRODUCER_START) from exc
 
     def _refused_too_large(self, exc: BaseException, topic: str) -> WorkerError:
         """The broker refused a record batch as too large (see the class docstring)."""
@@ -680,6 +684,8 @@ class TransactionalPublisher(KafkaPublisher):
         state = self._transaction_state() if self._producer is not None else None
         if _is_fenced(exc) or (state is not None and _is_fenced(state.last_error)):
             return ProducerFenced(self.transactional_id, f"{operation}: {exc}")
+        if self._poisoned and operation != PRODUCER_START:
+            return TransactionAborted(operation, f"after a refusal as too large: {exc}")
         plain = translate_kafka_error(exc, operation)
         if operation == PRODUCER_START:
             return plain  # a start is retried (or refused) like any client's
@@ -693,10 +699,19 @@ class TransactionalPublisher(KafkaPublisher):
         return plain
 
     def _refused_too_large(self, exc: BaseException, topic: str) -> WorkerError:
-        # kafka-python 3.0.12 makes this abortable for a transactional producer: the
-        # transaction is doomed (abort and re-read), the producer is not.
+        # kafka-python 3.0.12 makes this abortable for a transactional producer, but a
+        # refused batch of several records is split and re-sent, which it then fails with
+        # OutOfOrderSequenceNumber while bumping its epoch, a state no abort leaves. The
+        # transaction is doomed either way: the abort replaces the producer instead
+        # (init_transactions with the same id aborts the open transaction on the broker).
         self.limits.refused()
+        self._poisoned = True
         return TransactionAborted(topic, f"the broker refused a record as too large ({exc})")
+
+    def _before_send(self) -> None:
+        # Inside a transaction the producer is replaced only by the abort.
+        if self.limits.stale:
+            self.limits.refresh()
 
     def send(self, record: OutboundRecord, on_done: AckCallback) -> None:
         """As :meth:`KafkaPublisher.send`, inside the open transaction (opened if needed)."""
@@ -753,6 +768,17 @@ class TransactionalPublisher(KafkaPublisher):
             within :data:`TRANSACTION_CALL_TIMEOUT_S`.
         """
         if not self._open:
+            return
+        if self._poisoned:
+            self._open = False
+            self._replace_producer(
+                transactional_id=self.transactional_id,
+                transaction_timeout_ms=self._settings.transaction_timeout_ms,
+            )
+            try:  # fences the old producer; its open transaction is aborted by the broker
+                self._producer.init_transactions()
+            except Exception as exc:
+                raise FatalError(f"cannot restart the transactional producer: {exc}") from exc
             return
         try:
             _call_bounded(self._producer.abort_transaction, "abort", TRANSACTION_CALL_TIMEOUT_S)

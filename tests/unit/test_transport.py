@@ -157,6 +157,12 @@ class _FakeTransactionalProducer:
     def begin_transaction(self) -> None:
         self.calls.append("begin")
 
+    def init_transactions(self) -> None:
+        self.calls.append("init")
+
+    def close(self, timeout: float | None = None) -> None:
+        self.calls.append("close")
+
     def send(self, topic: str, **_: Any) -> _FakeFuture:
         self.calls.append(f"send {topic}")
         self.futures.append(_FakeFuture())
@@ -386,16 +392,28 @@ def test_a_broker_refusal_is_reread_not_dead_lettered_and_replaces_the_poisoned_
     assert second.calls == ["send emotions"]
 
 
-def test_a_broker_refusal_in_a_transaction_aborts_it_and_rereads_the_limits() -> None:
-    producer = _FakeTransactionalProducer()
+def test_a_broker_refusal_in_a_transaction_aborts_it_by_a_new_producer_and_rereads_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kafka-python 3.0.12 splits a refused batch and then fails it with
+    OutOfOrderSequenceNumber while bumping its epoch, where no abort is possible: every
+    error after a refusal aborts, and the abort is a new producer with the same id."""
+    producer, fresh = _FakeTransactionalProducer(), _FakeTransactionalProducer()
     publisher = TransactionalPublisher(
         WorkerSettings(output_topic="emotions"), lambda topics: {"emotions": 4096}
     )
     publisher._producer = producer
+    monkeypatch.setattr(publisher, "_new_producer", lambda **extra: fresh)
     errors: list[BaseException | None] = []
     publisher.send(_record("emotions"), errors.append)
+    publisher.send(_record("emotions"), errors.append)
     producer.futures[0].errbacks[0](kafka.errors.MessageSizeTooLargeError("refused"))
-    assert len(errors) == 1 and isinstance(errors[0], TransactionAborted)
+    producer.futures[1].errbacks[0](kafka.errors.OutOfOrderSequenceNumberError())
+    assert [type(e) for e in errors] == [TransactionAborted, TransactionAborted]
     assert publisher.limits.stale
+    publisher.abort_transaction()
+    assert "abort" not in producer.calls and producer.calls[-1] == "close"
+    assert publisher._producer is fresh and fresh.calls == ["init"]
+    assert not publisher.in_transaction
     publisher.send(OutboundRecord("emotions", b"k", b"x" * 5000), errors.append)
-    assert isinstance(errors[1], RecordTooLarge) and not publisher.limits.stale
+    assert isinstance(errors[2], RecordTooLarge) and not publisher.limits.stale
