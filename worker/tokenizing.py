@@ -111,6 +111,9 @@ class TweetTokenizer:
         self._measure = Tokenizer.from_str(tokenizer.to_str())
         self._measure.no_padding()
         self._measure.no_truncation()
+        # Word boundaries straight from the pre-tokenizer, where its offsets are the
+        # text's own (no normalizer in front of it, as in RoBERTa's byte-level BPE).
+        self._words = self._measure.pre_tokenizer if self._measure.normalizer is None else None
         self._pad_id = pad_id
         self._first_prefix_chars = max(1, first_prefix_chars)
         self.max_length = max_length
@@ -153,26 +156,45 @@ class TweetTokenizer:
         before the last :data:`CUT_UNTRUSTED_SEGMENTS` segments is the full text's token
         too. Once at least ``max_length`` tokens are trusted, the prefix is the cut text:
         truncated to ``max_length``, it encodes exactly as the whole text does. Otherwise
-        the prefix grows (x :data:`CUT_GROWTH`) up to the whole text (one word of 100 kB
-        without a space is tokenized whole: no cut can be proved inside it).
+        a longer prefix is tried: one ending after the first ``max_length`` + 4 words of the
+        pre-tokenizer (a word gives a token at least), else one :data:`CUT_GROWTH` times
+        longer, up to the whole text. One word of 100 kB (no space, or only emoji) is
+        tokenized whole: no cut can be proved inside a word.
         tests/unit/test_tokenizing.py checks the identity over adversarial texts.
         """
         out = list(texts)
-        length = self._first_prefix_chars
-        open_ = [i for i, text in enumerate(texts) if len(text) > length]
-        while open_:
-            prefixes = [texts[i][:length] for i in open_]
+        lengths = {i: self._first_prefix_chars for i, t in enumerate(texts) if len(t) > 0}
+        pending = [i for i in lengths if len(texts[i]) > lengths[i]]
+        while pending:
+            prefixes = [texts[i][: lengths[i]] for i in pending]
             encodings = self._measure.encode_batch(prefixes, add_special_tokens=False)
             still = []
-            for i, prefix, encoding in zip(open_, prefixes, encodings, strict=True):
+            for i, prefix, encoding in zip(pending, prefixes, encodings, strict=True):
                 if _trusted_tokens(encoding.word_ids) >= self.max_length:
                     out[i] = prefix
-                elif len(texts[i]) > length * CUT_GROWTH:
+                    continue
+                longer = self._longer_prefix(texts[i], lengths[i])
+                if longer is not None:
+                    lengths[i] = longer
                     still.append(i)
                 # else: the next prefix would be the whole text; it stays whole
-            open_ = still
-            length *= CUT_GROWTH
+            pending = still
         return out
+
+    def _longer_prefix(self, text: str, length: int) -> int | None:
+        """The next prefix length to measure (> ``length``), None for the whole text."""
+        if length == self._first_prefix_chars and self._words is not None:
+            # Where the pre-tokenizer's words run out of the first prefix (long words,
+            # emoji runs): a cut just after enough words, found without the model's cost.
+            words = self._words.pre_tokenize_str(text)
+            enough = self.max_length + CUT_UNTRUSTED_SEGMENTS + 1
+            if len(words) <= enough:
+                return None  # too few words to prove any cut: tokenized whole
+            end = int(words[enough - 1][1][1])
+            if length < end < len(text):
+                return end
+        longer = length * CUT_GROWTH
+        return longer if longer < len(text) else None
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Each text's token ids, truncated to ``max_length``, unpadded."""

@@ -180,6 +180,7 @@ def test_building_the_tokenizer_never_imports_torch(tokenizer_dir: Path) -> None
     code = (
         "import sys\n"
         "from pathlib import Path\n"
+        "import emotion_stream.cli\n"
         "import worker.app\n"
         "from worker.tokenizing import TweetTokenizer\n"
         f"t = TweetTokenizer.from_directory(Path({str(tokenizer_dir)!r}), 128)\n"
