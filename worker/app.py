@@ -101,6 +101,9 @@ BUSY_POLL_S = 0.005
 REBALANCE_POLL_S = 1.0
 # On shutdown, in-flight batches get one Triton deadline to finish before being abandoned.
 FLUSH_TIMEOUT_S = 30.0
+# Exactly-once: how long a commit waits for the acknowledgement of what was sent (ms on
+# a healthy broker) before it is postponed to the next commit interval.
+CUT_FLUSH_TIMEOUT_S = 2.0
 # Exactly-once: flush/release rounds to reach a clean cut before a commit. One round
 # suffices unless sends beget sends (a too-large result re-sent as a dead letter, then
 # slim); past this, the commit waits for the next interval.
@@ -1050,13 +1053,19 @@ class Worker:
         Raises
         ------
         TransactionAborted
-            Records not acknowledged in time, or nothing to commit for what was sent.
+            Nothing to commit for what was sent.
         """
         assert self._publisher is not None
         for _ in range(MAX_CUT_ROUNDS):
             sends = self._sends
-            if not self._publisher.flush(FLUSH_TIMEOUT_S):
-                raise TransactionAborted("flush", f"not acknowledged within {FLUSH_TIMEOUT_S} s")
+            if not self._publisher.flush(CUT_FLUSH_TIMEOUT_S):
+                # The broker is not acknowledging (e.g. a partition under min.insync.replicas).
+                # Aborting would wait for those sends too (kafka-python finishes in-flight
+                # batches first) and re-reading would only add more: commit later. Reading
+                # stays paused at max_unacknowledged_records; sends that fail for good abort
+                # the transaction, and the broker aborts one open past its timeout.
+                self._log.info("commit postponed: sends not acknowledged yet")
+                return None
             self._handle_publish_failures()
             if not transactions.in_transaction:
                 return None  # a failed send aborted it
@@ -1088,6 +1097,7 @@ class Worker:
                 waiting=len(self._batcher),
                 in_flight=len(self._in_flight),
                 held_for_retry=sum(len(b) for b in self._retry),
+                unacknowledged=self._unacknowledged,
                 ready=self.health.ready,
             )
 
