@@ -39,6 +39,9 @@ TokenArray = npt.NDArray[np.int64]
 # 1 kB holds 128 tokens of any ordinary text (a token is rarely under 2 characters).
 CUT_FIRST_PREFIX_CHARS = 1024
 CUT_GROWTH = 4
+# With a pre-tokenizer, a text whose first prefix held too few tokens is looked at this
+# many prefix lengths far for the end of its first max_length + 4 words; none: whole.
+CUT_WORD_WINDOW = 8
 # The last word-level segments of a prefix may tokenize differently once the text goes
 # on (a word or a whitespace run cut short; a lookahead of the pre-tokenizer's regex;
 # an added token's lstrip): tokens of this many trailing segments are never trusted.
@@ -156,10 +159,12 @@ class TweetTokenizer:
         before the last :data:`CUT_UNTRUSTED_SEGMENTS` segments is the full text's token
         too. Once at least ``max_length`` tokens are trusted, the prefix is the cut text:
         truncated to ``max_length``, it encodes exactly as the whole text does. Otherwise
-        a longer prefix is tried: one ending after the first ``max_length`` + 4 words of the
-        pre-tokenizer (a word gives a token at least), else one :data:`CUT_GROWTH` times
-        longer, up to the whole text. One word of 100 kB (no space, or only emoji) is
-        tokenized whole: no cut can be proved inside a word.
+        a longer prefix is tried once: one ending after the first ``max_length`` + 4 words of
+        the pre-tokenizer (a word gives a token at least) if they end within
+        :data:`CUT_WORD_WINDOW` prefix lengths, else the text is tokenized whole (without a
+        pre-tokenizer whose offsets are the text's: prefixes :data:`CUT_GROWTH` times longer,
+        up to the whole text). One word of 100 kB (no space, or only emoji) is tokenized
+        whole: no cut can be proved inside a word.
         tests/unit/test_tokenizing.py checks the identity over adversarial texts.
         """
         out = list(texts)
@@ -183,16 +188,18 @@ class TweetTokenizer:
 
     def _longer_prefix(self, text: str, length: int) -> int | None:
         """The next prefix length to measure (> ``length``), None for the whole text."""
-        if length == self._first_prefix_chars and self._words is not None:
+        if self._words is not None:
             # Where the pre-tokenizer's words run out of the first prefix (long words,
-            # emoji runs): a cut just after enough words, found without the model's cost.
-            words = self._words.pre_tokenize_str(text)
+            # emoji runs): a cut just after enough words, found without the model's cost,
+            # in a window of the text (a pass over a 100 kB word costs half its BPE).
+            window = text[: length * CUT_WORD_WINDOW]
+            words = self._words.pre_tokenize_str(window)
             enough = self.max_length + CUT_UNTRUSTED_SEGMENTS + 1
-            if len(words) <= enough:
-                return None  # too few words to prove any cut: tokenized whole
-            end = int(words[enough - 1][1][1])
-            if length < end < len(text):
-                return end
+            if len(words) > enough:
+                end = int(words[enough - 1][1][1])
+                if length < end < len(text):
+                    return end
+            return None  # no cut proved within the window: tokenized whole
         longer = length * CUT_GROWTH
         return longer if longer < len(text) else None
 

@@ -311,7 +311,7 @@ def test_output_partition_below_min_insync_replicas_for_a_minute_keeps_memory_bo
 
     victim.kill()
     killed_at = time.monotonic()
-    backlog = pipeline.seed(ISR_BACKLOG, first=FEED)
+    backlog = pipeline.seed(ISR_BACKLOG, first=FEED + WARM_UP)
     peak, samples = rss_before, 0
     while time.monotonic() - killed_at < ISR_OUTAGE_S:
         assert worker.alive(), worker.log_tail()
