@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,6 +76,7 @@ from worker.inference import (
     label_scores,
 )
 from worker.messages import (
+    DLQ_DROPPED,
     ClassifiedTweet,
     DeadLetter,
     InboundTweet,
@@ -112,6 +113,9 @@ BUSY_POLL_S = 0.005
 REBALANCE_POLL_S = 1.0
 # On shutdown, in-flight batches get one Triton deadline to finish before being abandoned.
 FLUSH_TIMEOUT_S = 30.0
+# Exactly-once: how long a commit waits for the acknowledgement of what was sent (ms on
+# a healthy broker) before it is postponed to the next commit interval.
+CUT_FLUSH_TIMEOUT_S = 2.0
 # Exactly-once: flush/release rounds to reach a clean cut before a commit. One round
 # suffices unless sends beget sends (a too-large result re-sent as a dead letter, then
 # slim); past this, the commit waits for the next interval.
@@ -242,6 +246,15 @@ class InFlight:
     sent_at: float
 
 
+def _without_key(record: OutboundRecord) -> OutboundRecord:
+    """A slim dead letter without the original key either: its ``dlq.*`` headers locate
+    the original. kafka-python needs a key or a value, so the value is empty (not null)."""
+    headers = tuple((n, v) for n, v in record.headers if n != DLQ_DROPPED)
+    return replace(
+        record, key=None, value=b"", headers=(*headers, (DLQ_DROPPED, b"key,value,headers"))
+    )
+
+
 def _loggable(offsets: dict[Partition, int]) -> dict[str, int]:
     """``{"topic:partition": offset}``: JSON objects need string keys."""
     return {f"{topic}:{partition}": offset for (topic, partition), offset in offsets.items()}
@@ -261,6 +274,8 @@ class PublishFailure:
     dead_letter_of: PoisonMessage | None = None
     """For a failed dead letter: why the record was being dead-lettered."""
     slim: bool = False
+    bare: bool = False
+    """Slim and without the original key: the last resort for a dead letter too large."""
 
 
 class Backoff:
@@ -355,6 +370,10 @@ class Worker:
         )
 
         self._publish_failures: queue.SimpleQueue[PublishFailure] = queue.SimpleQueue()
+        # Results and dead letters sent and not yet acknowledged (or failed): flow control
+        # pauses at max_unacknowledged_records. Counted down on the producer's thread.
+        self._unacknowledged = 0
+        self._unacknowledged_lock = threading.Lock()
         self._revoked: queue.SimpleQueue[set[Partition]] = queue.SimpleQueue()
         self._resume_from: dict[Partition, int] = {}
         self._resume_lock = threading.Lock()
@@ -586,6 +605,7 @@ class Worker:
         assert self._source is not None
         backlog = len(self._batcher) + sum(len(b) for b in self._retry)
         full = backlog >= self._batcher.max_size * (self.settings.max_in_flight_batches + 1)
+        full = full or self._awaiting_broker()
         if self._reread_at is not None and time.monotonic() >= self._reread_at:
             self._reread_at = None
         if self._retry_at is not None or self._reread_at is not None or full:
@@ -657,10 +677,31 @@ class Worker:
             self.tracker.sent(ticket)
             self._txn_partitions.add(ticket.partition)
 
+    def _awaiting_broker(self) -> bool:
+        """True while max_unacknowledged_records sends wait for the broker."""
+        with self._unacknowledged_lock:
+            return self._unacknowledged >= self.settings.max_unacknowledged_records
+
+    def _counted(
+        self, on_done: Callable[[BaseException | None], None]
+    ) -> Callable[[BaseException | None], None]:
+        """Send ``on_done`` through the unacknowledged count (up now, down when it runs)."""
+        with self._unacknowledged_lock:
+            self._unacknowledged += 1
+
+        def done(error: BaseException | None) -> None:
+            with self._unacknowledged_lock:
+                self._unacknowledged -= 1
+            on_done(error)
+
+        return done
+
     def _dispatch(self) -> None:
         """Tokenize and send batches while there is room in flight."""
         now = time.monotonic()
         while len(self._in_flight) < self.settings.max_in_flight_batches:
+            if self._awaiting_broker():
+                return  # its results would only wait for the broker too
             if self._retry_at is not None:
                 # Backing off: one probe batch at a time, when the wait is over.
                 if self._in_flight or now < self._retry_at or not self._retry:
@@ -832,17 +873,25 @@ class Worker:
                 self._summary.published += 1
 
         self._note_sent(item.ticket)
-        self._publisher.send(record, acknowledged)
+        self._publisher.send(record, self._counted(acknowledged))
 
     def _dead_letter(
-        self, record: SourceRecord, error: PoisonMessage, ticket: Ticket, *, slim: bool = False
+        self,
+        record: SourceRecord,
+        error: PoisonMessage,
+        ticket: Ticket,
+        *,
+        slim: bool = False,
+        bare: bool = False,
     ) -> None:
         assert self._publisher is not None
         topic, worker_id = self.settings.dlq_topic, self.settings.worker_id
         error_class = type(error).__name__
         try:
             letter = DeadLetter(record=record, error=error, worker_id=worker_id)
-            outbound = letter.to_record(topic, slim=slim)
+            outbound = letter.to_record(topic, slim=slim or bare)
+            if bare:
+                outbound = _without_key(outbound)
         except Exception as exc:  # the last line of defence: a bare one still goes out
             self._unprocessable("building its dead letter", exc, record)
             outbound = bare_dead_letter(topic, record, error, exc, worker_id)
@@ -861,7 +910,9 @@ class Worker:
         def acknowledged(failure: BaseException | None) -> None:  # producer thread
             if failure is not None:
                 self._publish_failures.put(
-                    PublishFailure(ticket, failure, record, dead_letter_of=error, slim=slim)
+                    PublishFailure(
+                        ticket, failure, record, dead_letter_of=error, slim=slim, bare=bare
+                    )
                 )
                 return
             self.tracker.done(ticket)
@@ -870,7 +921,7 @@ class Worker:
                 self._summary.dead_lettered += 1
 
         self._note_sent(ticket)
-        self._publisher.send(outbound, acknowledged)
+        self._publisher.send(outbound, self._counted(acknowledged))
 
     def _handle_publish_failures(self) -> None:
         """A send that failed: dead-letter what is too large, re-read the partition from its
@@ -884,14 +935,24 @@ class Worker:
             ticket, error = failure.ticket, failure.error
             if not self.tracker.is_current(ticket):
                 continue  # its partition is re-read anyway
-            if isinstance(error, PoisonMessage) and not failure.slim:
-                # Too large: a result becomes a dead letter; a dead letter goes out slim.
+            if isinstance(error, PoisonMessage) and not failure.bare:
+                # Too large: a result becomes a dead letter; a dead letter goes out slim,
+                # then also without the original key (a key can be as large as a value).
                 self._log.warning("record too large", error=str(error)[:200])
                 if failure.dead_letter_of is None:
                     self._dead_letter(failure.source, error, ticket)
                 else:
-                    self._dead_letter(failure.source, failure.dead_letter_of, ticket, slim=True)
+                    slim, bare = True, failure.slim
+                    self._dead_letter(
+                        failure.source, failure.dead_letter_of, ticket, slim=slim, bare=bare
+                    )
                 continue
+            if isinstance(error, PoisonMessage):
+                raise FatalError(
+                    f"the dead-letter topic {self.settings.dlq_topic!r} refuses even a dead "
+                    f"letter of context headers only, as too large ({error}): raise its "
+                    "max.message.bytes"
+                )
             if not isinstance(error, TransientError):
                 raise error if isinstance(error, FatalError) else FatalError(str(error))
             if self._transactions is not None:
@@ -912,6 +973,11 @@ class Worker:
             self._drop_waiting({ticket.partition})
             if offset is not None and self._source is not None:
                 self._source.seek(ticket.partition, offset)
+            # Re-reading at once would resend into the same failure, a loop that multiplies
+            # memory and duplicates: pause and keep polling until the backoff is over.
+            delay = self._abort_backoff.next_delay()
+            self._reread_at = max(self._reread_at or 0.0, time.monotonic() + delay)
+            self._flow_control()
 
     # --- rebalance (called on kafka-python's I/O thread, inside poll) -----------------
 
@@ -1068,6 +1134,7 @@ class Worker:
             failpoints.hit(failpoints.DURING_COMMIT)
             if self._source.commit(offsets):
                 self.tracker.committed(offsets)
+                self._abort_backoff.reset()  # the publish failures are over
                 self.metrics.commits.inc()
             else:
                 self._log.warning(
@@ -1104,13 +1171,19 @@ class Worker:
         Raises
         ------
         TransactionAborted
-            Records not acknowledged in time, or nothing to commit for what was sent.
+            Nothing to commit for what was sent.
         """
         assert self._publisher is not None
         for _ in range(MAX_CUT_ROUNDS):
             sends = self._sends
-            if not self._publisher.flush(FLUSH_TIMEOUT_S):
-                raise TransactionAborted("flush", f"not acknowledged within {FLUSH_TIMEOUT_S} s")
+            if not self._publisher.flush(CUT_FLUSH_TIMEOUT_S):
+                # The broker is not acknowledging (e.g. a partition under min.insync.replicas).
+                # Aborting would wait for those sends too (kafka-python finishes in-flight
+                # batches first) and re-reading would only add more: commit later. Reading
+                # stays paused at max_unacknowledged_records; sends that fail for good abort
+                # the transaction, and the broker aborts one open past its timeout.
+                self._log.info("commit postponed: sends not acknowledged yet")
+                return None
             self._handle_publish_failures()
             if not transactions.in_transaction:
                 return None  # a failed send aborted it
@@ -1143,6 +1216,7 @@ class Worker:
                 waiting=len(self._batcher),
                 in_flight=len(self._in_flight),
                 held_for_retry=sum(len(b) for b in self._retry),
+                unacknowledged=self._unacknowledged,
                 ready=self.health.ready,
             )
 

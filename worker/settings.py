@@ -174,6 +174,12 @@ class WorkerSettings(BaseSettings):
     max_text_bytes: int = Field(default=DEFAULT_MAX_TEXT_BYTES, ge=1, le=10_000_000)
     """Texts longer than this many UTF-8 bytes are dead-lettered (``TextTooLarge``)."""
 
+    max_unacknowledged_records: int = Field(default=1000, ge=1, le=1_000_000)
+    """Most results and dead letters handed to the producer and not yet acknowledged by the
+    broker; at the bound the worker pauses consumption (and inference) until acknowledgements
+    come. Bounds memory while the broker is slow or refuses writes: at most this many
+    records (each under the output topic's ``max.message.bytes``)."""
+
     # --- delivery and retries ----------------------------------------------------
     delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
     """Delivery guarantee. ``at_least_once``: offsets committed after results are

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from transformers import AutoTokenizer
 
@@ -329,3 +331,118 @@ def test_hostile_records_from_other_clients_each_end_as_a_result_or_a_dead_lette
     # The metrics endpoint answered (every dead letter counted), and none was Unprocessable.
     assert worker.metric("emotion_worker_dead_lettered_total") >= poison, worker.log_tail()
     assert worker.metric("emotion_worker_unprocessable_total") == 0, worker.log_tail()
+
+
+# A topic limit of a few kB, and the one it is lowered to while the worker runs.
+SMALL_OUTPUT_LIMIT = 4096
+LOWERED_OUTPUT_LIMIT = 2048
+SMALL_DLQ_LIMIT = 6144
+# Each row's sweep of padding (a meta field, or a poison record's filler): its records
+# straddle the limit by a few hundred bytes either way, in steps this fine.
+SWEEP_STEP = 64
+# A refusal by the broker is followed by one re-read (a few at most if several batches
+# were in flight); a loop would make hundreds within the settle timeout.
+MAX_REFUSALS = 5
+
+
+def _set_max_message_bytes(pipeline: Pipeline, limits: dict[str, int]) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=pipeline.bootstrap_servers)
+    try:
+        admin.alter_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(limit)})
+                for topic, limit in limits.items()
+            ]
+        )
+    finally:
+        admin.close()
+
+
+def _padded_tweets(pipeline: Pipeline, label: str, pads: range) -> dict[str, int]:
+    """Ordinary tweets whose *meta* carries ``pad`` bytes (meta is not size-capped); id → pad."""
+    sent = {}
+    for pad in pads:
+        tweet_id = f"{label}-{pad:05d}"
+        value = json.dumps({"id": tweet_id, "text": "a plain tweet", "pad": "m" * pad})
+        pipeline.send_raw(tweet_id.encode(), value.encode())
+        sent[tweet_id] = pad
+    return sent
+
+
+def _check_threshold(classified: set[str], pads: dict[str, int], limit: int) -> None:
+    """Results up to some padding, dead letters above it, the cut near the limit."""
+    fits = sorted(pads[i] for i in pads if i in classified)
+    over = sorted(pads[i] for i in pads if i not in classified)
+    assert fits and over, f"the sweep must straddle the limit: {fits} / {over}"
+    assert max(fits) < min(over), f"not a clean cut at the limit: {fits} / {over}"
+    # A result adds ~350-450 bytes of fields (labels, scores, source, model) to its meta.
+    assert limit - 700 < min(over) <= limit, (min(over), limit)
+
+
+@pytest.mark.parametrize("delivery", DELIVERY_MODES)
+def test_records_over_a_small_topic_limit_are_dead_lettered_even_when_it_shrinks_while_running(
+    make_pipeline: PipelineFactory, delivery: str
+) -> None:
+    """Output topic max.message.bytes 4 kB, DLQ 6 kB, read by the worker at start: tweets
+    with meta just under and just over are classified or dead-lettered (RecordTooLarge),
+    poison just under and over the DLQ limit dead-lettered whole or slim — the broker never
+    sees a record over its limit. Then the output limit drops to 2 kB while the worker
+    runs: the broker refuses a result (kafka-python 3.0.12 poisons the idempotent producer
+    and dooms the transaction); the worker re-reads the limits, replaces the producer or
+    aborts, re-reads the input, and dead-letters what is now too large. Nothing lost, no
+    refusal loop, no stall, the worker alive."""
+    pipeline = make_pipeline(delivery=delivery)
+    _set_max_message_bytes(
+        pipeline, {pipeline.output_topic: SMALL_OUTPUT_LIMIT, pipeline.dlq_topic: SMALL_DLQ_LIMIT}
+    )
+    first = _padded_tweets(
+        pipeline, "meta", range(SMALL_OUTPUT_LIMIT - 800, SMALL_OUTPUT_LIMIT + 100, SWEEP_STEP)
+    )
+    poison = {}
+    for filler in range(SMALL_DLQ_LIMIT - 800, SMALL_DLQ_LIMIT + 100, SWEEP_STEP):
+        key = f"poison-{filler:05d}".encode()
+        pipeline.send_raw(key, json.dumps({"id": key.decode(), "no": "t" * filler}).encode())
+        poison[key] = filler
+    worker = pipeline.start_worker()
+    pipeline.settle(SETTLE_TIMEOUT_S)
+    classified = set(pipeline.result_ids())
+    _check_threshold(classified, first, SMALL_OUTPUT_LIMIT)
+
+    _set_max_message_bytes(pipeline, {pipeline.output_topic: LOWERED_OUTPUT_LIMIT})
+    second = _padded_tweets(
+        pipeline,
+        "shrunk",
+        range(LOWERED_OUTPUT_LIMIT - 800, LOWERED_OUTPUT_LIMIT + 1000, SWEEP_STEP),
+    )
+    pipeline.settle(SETTLE_TIMEOUT_S)
+    counts = pipeline.result_ids()
+    _check_threshold(set(counts), second, LOWERED_OUTPUT_LIMIT)
+    assert worker.alive(), worker.log_tail()
+
+    # Every record: one result or one dead letter; no id both, none twice in exactly-once.
+    letters = pipeline.dead_letters.records
+    by_source = [int(dict(r.headers)["dlq.source.offset"]) for r in letters]
+    too_large = [r for r in letters if dict(r.headers)["dlq.error.class"] == b"RecordTooLarge"]
+    expected_too_large = {i for i in {**first, **second} if i not in counts}
+    assert {r.key.decode() for r in too_large} == expected_too_large
+    for letter in too_large:
+        headers = check_dead_letter(
+            letter, error_class="RecordTooLarge", source_topic=pipeline.input_topic
+        )
+        assert b"max.message.bytes" in headers["dlq.error.message"], headers
+        assert letter.value is not None and b'"pad"' in letter.value  # whole: it fits the DLQ
+    assert not set(counts) & expected_too_large
+    slim = {r.key: r for r in letters if dict(r.headers).get(DLQ_DROPPED)}
+    missing_text = {r.key for r in letters if dict(r.headers)["dlq.error.class"] == b"MissingText"}
+    assert missing_text == set(poison)
+    assert slim and set(slim) < set(poison), "some poison just over the DLQ limit goes slim"
+    assert max(poison[k] for k in set(poison) - set(slim)) < min(poison[k] for k in slim)
+    duplicates = sum(n - 1 for n in counts.values()) + len(by_source) - len(set(by_source))
+    if pipeline.exactly_once:
+        assert duplicates == 0
+    refusals = worker.log().count("refused a record as too large")
+    assert 1 <= refusals <= MAX_REFUSALS, worker.log_tail()
+    print(
+        f"[small-topic-limit-{delivery}] {len(counts)} classified, {len(too_large)} too large, "
+        f"{len(slim)} slim, {refusals} refusal(s) by the broker, {duplicates} duplicates"
+    )

@@ -3,6 +3,7 @@ commits never pass undelivered work, transient failures hold records without los
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -16,7 +17,13 @@ import structlog
 
 from worker.app import Backoff, Worker
 from worker.batching import plan_requests
-from worker.errors import InferenceRejected, InferenceUnavailable, ModelMismatch, RecordTooLarge
+from worker.errors import (
+    BrokerUnavailable,
+    InferenceRejected,
+    InferenceUnavailable,
+    ModelMismatch,
+    RecordTooLarge,
+)
 from worker.inference import Classified, ModelSpec, softmax
 from worker.messages import OutboundRecord, SourceRecord
 from worker.observability import configure_logging
@@ -529,3 +536,110 @@ def test_partition_revoked_and_assigned_again_rereads_dropped_work(run_worker: A
     h.stop()
     offsets = sorted({o["source"]["offset"] for o in h.outputs()})
     assert offsets == list(range(20))  # nothing skipped: the dropped ones were read again
+
+
+class KeyCountingPublisher(FakePublisher):
+    """Counts the key in the size too (a key can be as large as a value)."""
+
+    def send(self, record: OutboundRecord, on_done: Callable[[BaseException | None], None]) -> None:
+        size = len(record.key or b"") + len(record.value or b"")
+        size += sum(len(n) + len(v) for n, v in record.headers)
+        if self.max_bytes is not None and size > self.max_bytes:
+            on_done(RecordTooLarge(record.topic, f"{size} bytes"))
+            return
+        super().send(record, on_done)
+
+
+def test_a_dead_letter_too_large_even_slim_goes_out_without_its_key(run_worker: Any) -> None:
+    huge_key = b"k" * 4000
+    records = [
+        record(0, 0, b'{"id": "a", "text": "hi"}', key=huge_key),  # result: too large
+        record(0, 1, b'{"id": "b", "text": "fine"}', key=b"b"),
+    ]
+    h = run_worker({("tweets", 0): records}, publisher=KeyCountingPublisher(3000))
+    wait_for(lambda: h.source.committed() == {("tweets", 0): 2}, "committed past both")
+    h.stop()
+    assert [o["id"] for o in h.outputs()] == ["b"]
+    [letter] = h.dead_letters()
+    headers = dict(letter.headers)
+    assert letter.key is None and letter.value == b""
+    assert headers["dlq.error.class"] == b"RecordTooLarge"
+    assert headers["dlq.original.dropped"] == b"key,value,headers"
+    assert headers["dlq.source.offset"] == b"0"
+
+
+def test_a_dead_letter_topic_too_small_for_context_headers_stops_clearly(
+    run_worker: Any,
+) -> None:
+    h = run_worker({("tweets", 0): [record(0, 0, b"")]}, publisher=KeyCountingPublisher(100))
+    h.thread.join(DEADLINE_S)
+    assert h.error is not None and "refuses even a dead letter" in str(h.error)
+    assert h.source.committed() == {}
+
+
+def test_consumption_pauses_while_max_unacknowledged_records_await_the_broker(
+    run_worker: Any,
+) -> None:
+    """The broker acknowledges nothing (acks wait for flush): the worker stops reading at
+    the bound instead of piling results up in the producer; it goes on once acks come."""
+    publisher = FakePublisher()
+    publisher.ack_on_flush = True
+    bound, batch = 10, 4
+    h = run_worker(
+        {("tweets", 0): tweets(0, 200)},
+        publisher=publisher,
+        max_unacknowledged_records=bound,
+        max_batch_size=batch,
+        batch_window=batch,
+    )
+    wait_for(lambda: len(publisher.sent) >= bound, "the bound reached")
+    wait_for(lambda: h.source.paused_polls > 50, "paused polls")
+    time.sleep(0.2)
+    # At most the batches already at Triton when the bound was reached come on top.
+    assert bound <= len(publisher.sent) <= bound + 2 * batch
+    assert h.source.position[("tweets", 0)] < 200
+
+    def acknowledged_all() -> bool:
+        publisher.flush(0)
+        return h.source.committed().get(("tweets", 0)) == 200
+
+    wait_for(acknowledged_all, "all 200 committed once the broker acknowledges")
+    h.stop()
+    assert sorted(o["source"]["offset"] for o in h.outputs()) == list(range(200))
+
+
+class FailingFirstPublisher(FakePublisher):
+    """The broker refuses offset 0's first ``failures`` sends (a transient error), noting
+    when each offset was sent."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.sent_at: list[tuple[int, float]] = []
+
+    def send(self, record: OutboundRecord, on_done: Callable[[BaseException | None], None]) -> None:
+        offset = json.loads(record.value or b"{}")["source"]["offset"]
+        self.sent_at.append((offset, time.monotonic()))
+        if offset == 0 and self.failures > 0:
+            self.failures -= 1
+            on_done(BrokerUnavailable("emotions", "NotEnoughReplicas"))
+            return
+        super().send(record, on_done)
+
+
+def test_a_failed_publish_backs_off_before_rereading(run_worker: Any) -> None:
+    publisher = FailingFirstPublisher(failures=3)
+    h = run_worker(
+        {("tweets", 0): tweets(0, 5)},
+        publisher=publisher,
+        retry_backoff_initial_s=0.4,
+        retry_backoff_max_s=0.4,
+        max_batch_size=5,
+    )
+    wait_for(lambda: h.source.committed().get(("tweets", 0)) == 5, "all 5 committed")
+    h.stop()
+    first_sends = [at for offset, at in publisher.sent_at if offset == 0]
+    assert len(first_sends) == 4  # three refusals, then delivered
+    gaps = [later - earlier for earlier, later in itertools.pairwise(first_sends)]
+    assert min(gaps) >= 0.2, gaps  # half the backoff at least (full jitter on the rest)
+    assert h.source.paused_polls > 0  # polling went on, paused, meanwhile

@@ -6,8 +6,10 @@ import inspect
 import threading
 from typing import Any
 
+import hypothesis.strategies as st
 import kafka.errors
 import pytest
+from hypothesis import given, settings
 from kafka.coordinator.base import Generation
 from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.structs import ConsumerGroupMetadata, MemberState
@@ -23,9 +25,13 @@ from worker.errors import (
 from worker.messages import OutboundRecord
 from worker.settings import WorkerSettings
 from worker.transport import (
+    PRODUCER_MAX_REQUEST_BYTES,
+    KafkaPublisher,
     KafkaSource,
+    TopicLimits,
     TransactionalPublisher,
     not_a_member,
+    record_size,
     translate_kafka_error,
 )
 
@@ -155,6 +161,12 @@ class _FakeTransactionalProducer:
 
     def begin_transaction(self) -> None:
         self.calls.append("begin")
+
+    def init_transactions(self) -> None:
+        self.calls.append("init")
+
+    def close(self, timeout: float | None = None) -> None:
+        self.calls.append("close")
 
     def send(self, topic: str, **_: Any) -> _FakeFuture:
         self.calls.append(f"send {topic}")
@@ -413,3 +425,140 @@ def test_a_stable_member_commits_with_its_generation() -> None:
     source = KafkaSource(WorkerSettings(delivery="exactly_once"), handler=None)  # type: ignore[arg-type]
     source._consumer = type("Consumer", (), {"group_metadata": lambda self: metadata})()
     assert source.membership() is metadata
+
+
+# --- the size budget: every record checked against its topic's max.message.bytes -------
+
+
+def _built_batch_size(record: OutboundRecord) -> int:
+    """The bytes kafka-python's own record builder writes for ``record`` alone."""
+    from kafka.record.default_records import DefaultRecordBatchBuilder  # noqa: PLC0415
+
+    builder = DefaultRecordBatchBuilder(
+        magic=2, compression_type=0, is_transactional=0, producer_id=-1, producer_epoch=-1,
+        base_sequence=-1, batch_size=2**30,
+    )  # fmt: skip
+    builder.append(0, 1_700_000_000_000, record.key, record.value, list(record.headers))
+    return len(builder.build())
+
+
+@given(
+    key=st.none() | st.binary(max_size=300),
+    value=st.none() | st.binary(max_size=5000),
+    headers=st.lists(st.tuples(st.text(max_size=30), st.binary(max_size=500)), max_size=8),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_size_budget_counts_key_value_and_every_header(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+) -> None:
+    """What the broker compares with max.message.bytes is the record batch: the budget is
+    never below it (never a refusal after the check passed) and only a little above."""
+    record = OutboundRecord("emotions", key, value, tuple(headers))
+    built = _built_batch_size(record)
+    assert built <= record_size(record) <= built + 32
+
+
+def _sizing_publisher(limits: dict[str, int], producer: Any = None) -> KafkaPublisher:
+    publisher = KafkaPublisher(
+        WorkerSettings(output_topic="emotions", dlq_topic="tweets.dlq"), lambda topics: limits
+    )
+    publisher.limits.refresh()
+    publisher._producer = producer or _FakeTransactionalProducer()
+    return publisher
+
+
+def test_a_record_over_its_topics_limit_fails_at_once_and_never_reaches_the_producer() -> None:
+    producer = _FakeTransactionalProducer()
+    publisher = _sizing_publisher({"emotions": 4096, "tweets.dlq": 2048}, producer)
+    errors: list[BaseException | None] = []
+    just_under = OutboundRecord("emotions", b"k", b"x" * (4096 - 100))
+    assert record_size(just_under) <= 4096
+    publisher.send(just_under, errors.append)
+    over_output = OutboundRecord("emotions", b"k", b"x" * 4096)
+    publisher.send(over_output, errors.append)
+    # The same bytes fit one topic and not the other: limits are per topic.
+    publisher.send(OutboundRecord("tweets.dlq", b"k", b"x" * 3000), errors.append)
+    assert producer.calls == ["send emotions"]
+    assert len(errors) == 2 and all(isinstance(e, RecordTooLarge) for e in errors)
+    assert "max.message.bytes (4096)" in str(errors[0])
+    assert "max.message.bytes (2048)" in str(errors[1])
+
+
+def test_limits_are_capped_by_the_producer_and_unknown_ones_default_to_the_cap() -> None:
+    limits = TopicLimits(["emotions", "tweets.dlq"], lambda topics: {"emotions": 50_000_000})
+    assert limits.stale
+    limits.refresh()
+    assert not limits.stale
+    assert limits.limit("emotions") == PRODUCER_MAX_REQUEST_BYTES
+    assert limits.limit("tweets.dlq") == PRODUCER_MAX_REQUEST_BYTES
+
+    def unreadable(topics: list[str]) -> dict[str, int]:
+        raise kafka.errors.TopicAuthorizationFailedError()
+
+    kept = TopicLimits(["emotions"], lambda topics: {"emotions": 4096})
+    kept.refresh()
+    kept._read = unreadable
+    kept.refused()
+    kept.refresh()  # logged, not raised: what was known stays
+    assert kept.limit("emotions") == 4096
+
+
+def test_a_broker_refusal_is_reread_not_dead_lettered_and_replaces_the_poisoned_producer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kafka-python 3.0.12: the idempotent producer turns fatal and fails everything it holds
+    with the same error, so no failed record is known to be the large one."""
+    reads: list[list[str]] = []
+    current = {"emotions": 1_000_000}
+
+    def read(topics: list[str]) -> dict[str, int]:
+        reads.append(topics)
+        return dict(current)
+
+    first, second = _FakeTransactionalProducer(), _FakeTransactionalProducer()
+    publisher = KafkaPublisher(WorkerSettings(output_topic="emotions"), read)
+    publisher.limits.refresh()
+    publisher._producer = first
+    monkeypatch.setattr(publisher, "_new_producer", lambda **extra: second)
+    errors: list[BaseException | None] = []
+    publisher.send(OutboundRecord("emotions", b"k", b"x" * 5000), errors.append)
+    publisher.send(OutboundRecord("emotions", b"k", b"small"), errors.append)
+    current["emotions"] = 4096  # lowered while running: the broker refuses
+    refusal = kafka.errors.MessageSizeTooLargeError("refused by the broker")
+    for future in first.futures:
+        future.errbacks[0](refusal)
+    assert all(isinstance(e, BrokerUnavailable) for e in errors), errors
+    assert publisher.limits.stale
+    # The next send re-reads the limits, replaces the producer, and checks the size.
+    publisher.send(OutboundRecord("emotions", b"k", b"x" * 5000), errors.append)
+    publisher.send(OutboundRecord("emotions", b"k", b"small"), errors.append)
+    assert len(reads) == 2 and publisher._producer is second
+    assert isinstance(errors[2], RecordTooLarge)
+    assert second.calls == ["send emotions"]
+
+
+def test_a_broker_refusal_in_a_transaction_aborts_it_by_a_new_producer_and_rereads_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kafka-python 3.0.12 splits a refused batch and then fails it with
+    OutOfOrderSequenceNumber while bumping its epoch, where no abort is possible: every
+    error after a refusal aborts, and the abort is a new producer with the same id."""
+    producer, fresh = _FakeTransactionalProducer(), _FakeTransactionalProducer()
+    publisher = TransactionalPublisher(
+        WorkerSettings(output_topic="emotions"), lambda topics: {"emotions": 4096}
+    )
+    publisher._producer = producer
+    monkeypatch.setattr(publisher, "_new_producer", lambda **extra: fresh)
+    errors: list[BaseException | None] = []
+    publisher.send(_record("emotions"), errors.append)
+    publisher.send(_record("emotions"), errors.append)
+    producer.futures[0].errbacks[0](kafka.errors.MessageSizeTooLargeError("refused"))
+    producer.futures[1].errbacks[0](kafka.errors.OutOfOrderSequenceNumberError())
+    assert [type(e) for e in errors] == [TransactionAborted, TransactionAborted]
+    assert publisher.limits.stale
+    publisher.abort_transaction()
+    assert "abort" not in producer.calls and producer.calls[-1] == "close"
+    assert publisher._producer is fresh and fresh.calls == ["init"]
+    assert not publisher.in_transaction
+    publisher.send(OutboundRecord("emotions", b"k", b"x" * 5000), errors.append)
+    assert isinstance(errors[2], RecordTooLarge) and not publisher.limits.stale
