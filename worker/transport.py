@@ -166,7 +166,9 @@ class _LoginFailureWatch(logging.Filter):
             for error in (arg, arg.__cause__, arg.__context__):
                 if isinstance(error, _LOGIN_REFUSED):
                     self._last = (arg, time.monotonic())
-        return True  # watches only: the record is logged as usual
+        # Watches only: the record goes on as the root logger's level would let it (the
+        # watched logger's own level is pinned low so that the watch sees every refusal).
+        return record.levelno >= logging.getLogger().getEffectiveLevel()
 
     def recent(self, within_s: float) -> BaseException | None:
         last = self._last
@@ -186,7 +188,12 @@ _LOGIN_FAILURE_WINDOW_S = 90.0
 CONSUMER_START = "consumer start"
 PRODUCER_START = "producer start"
 _login_failures = _LoginFailureWatch()
-logging.getLogger("kafka.net.manager").addFilter(_login_failures)
+# kafka-python logs a refused bootstrap at WARNING. Left to inherit the root's level, the
+# watch went blind whenever that was higher (EMOTION_STREAM_LOG_LEVEL=error, or any code in
+# the process raising it): a wrong password was then retried forever as an outage.
+_WATCHED = logging.getLogger("kafka.net.manager")
+_WATCHED.setLevel(logging.WARNING)
+_WATCHED.addFilter(_login_failures)
 # Without it the broker's refusal is often read together with its close and dropped, so
 # the watch never sees it (worker/kafka_repair.py).
 kafka_repair.install()

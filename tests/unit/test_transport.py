@@ -76,6 +76,30 @@ def test_a_bootstrap_timeout_after_a_refused_login_is_fatal_and_names_the_settin
         transport._login_failures.forget()  # later tests must see a plain timeout
 
 
+def test_the_refusal_is_seen_whatever_the_log_level(caplog: pytest.LogCaptureFixture) -> None:
+    """kafka-python logs a refused bootstrap at WARNING; with the root logger at ERROR (the
+    worker's ``LOG_LEVEL=error``) the watch still sees it, and the line stays unlogged."""
+    import logging  # noqa: PLC0415 - local to this test
+
+    from worker import transport  # noqa: PLC0415
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        refusal = kafka.errors.SaslAuthenticationFailedError("invalid credentials")
+        with caplog.at_level(logging.ERROR):
+            logging.getLogger("kafka.net.manager").warning(
+                "Bootstrap connection to %s failed: %s", "bootstrap-0", refusal
+            )
+        timeout = kafka.errors.KafkaTimeoutError("Unable to bootstrap")
+        assert isinstance(translate_kafka_error(timeout, "consumer start"), FatalError)
+        assert "Bootstrap connection" not in caplog.text, "filtered as the root level says"
+    finally:
+        root.setLevel(level)
+        transport._login_failures.forget()
+
+
 def test_a_refused_broker_certificate_counts_as_a_refused_login() -> None:
     import logging  # noqa: PLC0415 - local to this test
     import ssl  # noqa: PLC0415
