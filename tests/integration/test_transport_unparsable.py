@@ -51,6 +51,24 @@ def _seed(servers: str, topic: str) -> None:
     )
 
 
+def _read_through_source(
+    kafka_broker: KafkaService, topic: str, group: str, count: int
+) -> list[SourceRecord]:
+    """Up to ``count`` records of ``topic`` as the worker's :class:`KafkaSource` reads them."""
+    settings = WorkerSettings(
+        kafka_bootstrap_servers=kafka_broker.bootstrap_servers,
+        input_topic=topic,
+        consumer_group=group,
+        metrics_port=-1,
+    )
+    got: list[SourceRecord] = []
+    with KafkaSource(settings, _NoRebalanceWork()) as source:
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while len(got) < count and time.monotonic() < deadline:
+            got.extend(source.poll(POLL_S))
+    return got
+
+
 def test_kafka_python_alone_raises_without_saying_where(
     kafka_broker: KafkaService, unique_name: Callable[[str], str]
 ) -> None:
@@ -90,17 +108,7 @@ def test_the_source_steps_over_a_record_the_client_cannot_parse(
     topic = unique_name("badheader")
     kafka_broker.create_topic(topic)
     _seed(kafka_broker.bootstrap_servers, topic)
-    settings = WorkerSettings(
-        kafka_bootstrap_servers=kafka_broker.bootstrap_servers,
-        input_topic=topic,
-        consumer_group=unique_name("source"),
-        metrics_port=-1,
-    )
-    got: list[SourceRecord] = []
-    with KafkaSource(settings, _NoRebalanceWork()) as source:
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while len(got) < 5 and time.monotonic() < deadline:
-            got.extend(source.poll(POLL_S))
+    got = _read_through_source(kafka_broker, topic, unique_name("source"), count=5)
     assert [r.offset for r in got] == [0, 1, 2, 3, 4]
     stand_in = got[1]
     assert stand_in.unreadable is not None and "CorruptRecordError" in stand_in.unreadable
@@ -123,16 +131,6 @@ def test_the_source_reads_batches_in_every_codec_other_clients_use(
     kafka_broker.create_topic(topic)
     sent = [(f"k{i}".encode(), f"tweet {i} ".encode() * 20, []) for i in range(20)]
     produce_with_librdkafka(kafka_broker.bootstrap_servers, topic, sent, compression=codec)
-    settings = WorkerSettings(
-        kafka_bootstrap_servers=kafka_broker.bootstrap_servers,
-        input_topic=topic,
-        consumer_group=unique_name("codec"),
-        metrics_port=-1,
-    )
-    got: list[SourceRecord] = []
-    with KafkaSource(settings, _NoRebalanceWork()) as source:
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while len(got) < len(sent) and time.monotonic() < deadline:
-            got.extend(source.poll(POLL_S))
+    got = _read_through_source(kafka_broker, topic, unique_name("codec"), count=len(sent))
     assert [(r.key, r.value) for r in got] == [(k, v) for k, v, _ in sent]
     assert all(r.unreadable is None for r in got)
