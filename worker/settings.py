@@ -1,9 +1,9 @@
 """The worker's settings: one class, read from ``EMOTION_STREAM_*`` environment variables.
 
-Every field has a docstring; the README's settings table is written from them. The
-class is frozen: a running worker never changes its mind. Derived values (the Kafka
-client's security arguments, the Triton model layout) are properties, so the rest of
-the worker never re-derives them.
+Every field has a docstring; ``docs/settings.md`` is generated from them
+(``python -m worker.settings_doc``). The class is frozen: a running worker never changes
+its mind. Derived values (the Kafka client's security arguments, the Triton model layout)
+are properties, so the rest of the worker never re-derives them.
 """
 
 from __future__ import annotations
