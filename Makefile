@@ -29,7 +29,7 @@ lint: setup
 
 # Unit tests, then integration tests against a real Kafka broker and a real
 # Triton server that the fixtures start on free loopback ports. The fault matrix's
-# slow rows (crashes, restarts, outages, broker faults; README "Guarantees") are
+# slow rows (crashes, restarts, outages, broker faults; docs/guarantees.md) are
 # `make faults`, a CI stage of their own; so are the Helm chart's tests
 # (`bash charts/ci/stage.sh`, which builds Helm first).
 test: setup

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-fp32",
         choices=["none", "classifier", "last-layer", "embeddings"],
         default="none",
-        help="leave these nodes in FP32 (README: what each did to agreement, size, speed)",
+        help="leave these nodes in FP32 (docs/exporter.md; what each did: benchmarks/RESULTS.md)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     return parser

@@ -2,7 +2,7 @@
 
 Every test runs ``emotion-stream worker`` with ``EMOTION_STREAM_DELIVERY=exactly_once``
 (see :mod:`tests.support.pipeline`) and reads the output and dead-letter topics back
-with ``isolation_level=read_committed``, the way the README tells consumers to. The
+with ``isolation_level=read_committed``, the way docs/guarantees.md tells consumers to. The
 promise checked: every input id has exactly one result (or dead letter) — after a clean
 run, after a SIGKILL at each failpoint of the publish/commit sequence followed by a
 restart, and after a second instance with the same transactional id fences the first.

@@ -5,7 +5,7 @@ on a broker the test owns (tests/support/broker_fixtures.py, secure_fixtures.py)
 the session's real Triton server, seeds tweets with unique ids while the fault happens,
 lets the group settle and reads results back ``read_committed``.
 
-Rows (README "Guarantees"): a single broker restarted (SIGTERM) or killed (SIGKILL), data
+Rows (docs/guarantees.md): a single broker restarted (SIGTERM) or killed (SIGKILL), data
 kept; a 3-broker cluster (replication 3, min.insync.replicas 2) losing one broker
 mid-stream; output or DLQ topic not authorized (ACLs). Bounded by the constants below.
 """

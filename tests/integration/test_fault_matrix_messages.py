@@ -4,7 +4,7 @@ Each test seeds records on the real broker, runs ``emotion-stream worker`` as a
 subprocess against the real Triton server (tiny exported model), lets the group commit
 to the end of the input, and reads results and dead letters back ``read_committed``.
 
-Rows (README "Guarantees"):
+Rows (docs/guarantees.md):
 
 - every poison kind in one batch with good tweets: each dead-lettered with its context
   headers and its original key, value and headers; its batch-mates classified;
@@ -202,7 +202,7 @@ def test_valid_extreme_text_is_classified_truncated_never_dead_lettered(
     twins |= {f"{name}+head": DIFFERENT_HEAD + EXTREME_TEXTS[name] for name in TRUNCATION_TWINS}
     for name, text in {**EXTREME_TEXTS, **twins}.items():
         pipeline.send_raw(name.encode(), json.dumps({"id": name, "text": text}).encode())
-    # A bare JSON string is the text itself (README "Message formats"); its id is the key.
+    # A bare JSON string is the text itself (docs/messages.md); its id is the key.
     pipeline.send_raw(b"json-string", json.dumps("a bare JSON string 😂 שלום").encode())
     pipeline.start_worker()
 
@@ -214,7 +214,7 @@ def test_valid_extreme_text_is_classified_truncated_never_dead_lettered(
         assert results[name]["text"] == text, f"{name}: the text comes back unchanged"
         assert sum(results[name]["scores"].values()) == pytest.approx(1.0, abs=1e-4)
     # Precondition: the twins' texts are far over the model's 128 tokens (the server
-    # would reject longer sequences, README "Embedded stack") and the tails lie past it.
+    # would reject longer sequences, docs/deployment.md) and the tails lie past it.
     tokenizer = AutoTokenizer.from_pretrained(str(ModelLayout(tiny_model_repository).tokenizer_dir))
     for name in TRUNCATION_TWINS:
         assert len(tokenizer(EXTREME_TEXTS[name])["input_ids"]) > 2 * MODEL_MAX_TOKENS, name

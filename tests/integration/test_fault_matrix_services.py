@@ -8,7 +8,7 @@ session's shared services run on services of their own
 and to unload the model), a Triton whose model is slower than ``max.poll.interval``, a
 broker that does not create topics on first use.
 
-Rows (README "Guarantees"): Triton killed, restarted, model unloaded; the model reloaded
+Rows (docs/guarantees.md): Triton killed, restarted, model unloaded; the model reloaded
 with other inputs; model slower than max.poll.interval; output or DLQ topic missing. Every
 wait is bounded by the constants below.
 """

@@ -6,7 +6,7 @@ tweets with unique ids while the fault happens, lets the group settle (every inp
 offset committed), reads results and dead letters back with a ``read_committed``
 consumer and checks the invariants: no id lost, duplicates within the row's bound.
 
-Rows (README "Guarantees"): SIGTERM rolling restart; replicas 1 → 3 → 1 while
+Rows (docs/guarantees.md): SIGTERM rolling restart; replicas 1 → 3 → 1 while
 producing; SIGKILL mid-stream; SIGSTOP past the session timeout then SIGCONT (zombie).
 Every wait is bounded; the bounds are the constants below.
 """
