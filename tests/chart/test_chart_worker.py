@@ -29,8 +29,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ from tests.support.pipeline import (
     PipelineFactory,
     WorkerRun,
     check_delivery,
+    http_status,
     wait_until,
 )
 from tests.support.service_fixtures import free_port
@@ -149,16 +148,6 @@ def start(pod: LocalPod, log_dir: Path) -> WorkerRun:
             pod.argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
         )
     return WorkerRun(pod.name, process, log_path)
-
-
-def http_status(port: int, path: str) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-    except OSError:
-        return None
 
 
 @pytest.mark.parametrize("delivery", DELIVERY_MODES)

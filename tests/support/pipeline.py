@@ -143,15 +143,7 @@ class WorkerRun:
     def http_status(self, path: str) -> int | None:
         """Status of ``GET http://127.0.0.1:<metrics port><path>``; None if unreachable."""
         port = self.metrics_port()
-        if port is None:
-            return None
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
-                return int(answer.status)
-        except urllib.error.HTTPError as error:
-            return int(error.code)
-        except OSError:
-            return None
+        return None if port is None else http_status(port, path)
 
     def metrics_text(self) -> str:
         port = self.metrics_port()
@@ -285,6 +277,17 @@ class TopicReader:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+def http_status(port: int, path: str) -> int | None:
+    """Status of ``GET http://127.0.0.1:<port><path>``; None if nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return None
 
 
 class Feeder(threading.Thread):
