@@ -54,6 +54,7 @@ from compose.processes import (
 )
 from compose.twin import TwinError, generate_twin_repository, read_json_object
 from emotion_stream.layout import DEFAULT_MODEL_NAME, project_root
+from emotion_stream.topics import DEAD_LETTER_TOPIC, EMOTIONS_TOPIC, TWEETS_TOPIC
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_KAFKA_PORT = 9092  # the Compose stack's ports, so `.env` files work for both
@@ -62,10 +63,7 @@ DEFAULT_TRITON_HTTP_PORT = 8000
 DEFAULT_TRITON_GRPC_PORT = 8001
 DEFAULT_TRITON_METRICS_PORT = 8002
 
-# Topics of the pipeline (the worker's defaults) and their partition counts.
-TWEETS_TOPIC = "tweets"
-EMOTIONS_TOPIC = "emotions"
-DEAD_LETTER_TOPIC = "tweets.dlq"
+# Partitions of the pipeline's topics (named in emotion_stream.topics, the worker's defaults).
 DEFAULT_TWEETS_PARTITIONS = 3
 
 # First start formats storage and elects the single-node controller: ~5-15 s on 2 cores.

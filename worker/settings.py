@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from emotion_stream.layout import DEFAULT_MODEL_NAME, ModelLayout, default_repository
+from emotion_stream.topics import DEAD_LETTER_TOPIC, EMOTIONS_TOPIC, TWEETS_TOPIC
 from worker.security import KafkaSecurity, secret_from, triton_tls_problems
 
 ENV_PREFIX = "EMOTION_STREAM_"
@@ -63,13 +64,13 @@ class WorkerSettings(BaseSettings):
     kafka_bootstrap_servers: str = "localhost:9092"
     """Comma-separated ``host:port`` list of Kafka brokers to bootstrap from."""
 
-    input_topic: str = "tweets"
+    input_topic: str = TWEETS_TOPIC
     """Topic the worker consumes tweets from."""
 
-    output_topic: str = "emotions"
+    output_topic: str = EMOTIONS_TOPIC
     """Topic the worker publishes one classified result per input to."""
 
-    dlq_topic: str = "tweets.dlq"
+    dlq_topic: str = DEAD_LETTER_TOPIC
     """Dead-letter topic: poison records, original key/value/headers plus ``dlq.*`` headers."""
 
     consumer_group: str = "emotion-workers"

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from kafka import KafkaConsumer
 
+from emotion_stream.topics import EMOTIONS_TOPIC
+
 # The texts rotate through a few shapes so batches mix lengths.
 SAMPLE_TEXTS = (
     "I love mondays!",
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     wait = commands.add_parser("await", help="wait until every tweet id has a result")
     wait.add_argument("tweet_files", type=Path, nargs="+")
     wait.add_argument("--bootstrap-servers", required=True)
-    wait.add_argument("--topic", default="emotions")
+    wait.add_argument("--topic", default=EMOTIONS_TOPIC)
     wait.add_argument("--deadline", type=float, default=180.0, help="seconds")
     args = parser.parse_args(argv)
     if args.command == "tweets":
