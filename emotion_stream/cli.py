@@ -15,8 +15,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("exporter.cli", "HF model -> ONNX -> fused INT8 -> Triton model repository"),
     "local": ("compose.local", "start/stop/inspect the Docker-free Kafka + Triton stack"),
     "worker": ("worker.cli", "run the streaming worker"),
-    "produce": ("worker.tools", "send tweets (JSON lines or plain lines) to the input topic"),
-    "consume": ("worker.tools", "print classified tweets from the output topic"),
+    "produce": (
+        "emotion_stream.tools.produce",
+        "send tweets (JSON lines or plain lines) to the input topic",
+    ),
+    "consume": ("emotion_stream.tools.consume", "print classified tweets from the output topic"),
 }
 
 
@@ -37,9 +40,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emotion-stream: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    # produce/consume share a module; it is told which one was asked for.
-    if command in {"produce", "consume"}:
-        return int(module.main([command, *rest]))
     return int(module.main(rest))
 
 

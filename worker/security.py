@@ -12,12 +12,14 @@ No Kafka or gRPC import here: the settings are checked before any client exists.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import SecretStr
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 # Protocols whose connections are encrypted by TLS / authenticated by SASL.
 TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
 SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
@@ -108,10 +110,15 @@ def refuse_secret_options(argv: Iterable[str], secret_fields: Iterable[str], env
 
 @dataclass(frozen=True)
 class KafkaSecurity:
-    """The Kafka client's security settings, as the worker and the tools take them."""
+    """The Kafka client's security settings, as the worker and the tools take them.
 
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    Each field is also a :class:`~worker.settings.WorkerSettings` field of the same name,
+    type and default (documented there); :data:`KAFKA_SECURITY_FIELDS` lists them for
+    the settings and the tools, so neither repeats the list.
+    """
+
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
@@ -178,6 +185,10 @@ class KafkaSecurity:
                 if path is not None:
                     options[field] = str(path)
         return options
+
+
+KAFKA_SECURITY_FIELDS: tuple[str, ...] = tuple(field.name for field in fields(KafkaSecurity))
+"""The names of the Kafka security settings, in the order the settings page lists them."""
 
 
 def triton_tls_problems(

@@ -18,7 +18,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from emotion_stream.layout import DEFAULT_MODEL_NAME, ModelLayout, default_repository
 from emotion_stream.topics import DEAD_LETTER_TOPIC, EMOTIONS_TOPIC, TWEETS_TOPIC
-from worker.security import KafkaSecurity, secret_from, triton_tls_problems
+from worker.security import (
+    KAFKA_SECURITY_FIELDS,
+    KafkaSecurity,
+    SaslMechanism,
+    SecurityProtocol,
+    secret_from,
+    triton_tls_problems,
+)
 
 ENV_PREFIX = "EMOTION_STREAM_"
 
@@ -87,10 +94,10 @@ class WorkerSettings(BaseSettings):
     """Kafka's ``max.poll.interval.ms``. The worker keeps polling while it waits, so this
     only bounds one loop iteration (at most one Triton deadline)."""
 
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
     """Kafka security protocol."""
 
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: SaslMechanism | None = None
     """SASL mechanism when ``security_protocol`` is ``SASL_*``."""
 
     sasl_username: str | None = None
@@ -347,16 +354,7 @@ class WorkerSettings(BaseSettings):
     @property
     def kafka_client_security(self) -> KafkaSecurity:
         """The Kafka security settings as one value (shared with the produce/consume tools)."""
-        return KafkaSecurity(
-            security_protocol=self.security_protocol,
-            sasl_mechanism=self.sasl_mechanism,
-            sasl_username=self.sasl_username,
-            sasl_password=self.sasl_password,
-            ssl_cafile=self.ssl_cafile,
-            ssl_certfile=self.ssl_certfile,
-            ssl_keyfile=self.ssl_keyfile,
-            allow_cleartext_password=self.allow_cleartext_password,
-        )
+        return KafkaSecurity(**{name: getattr(self, name) for name in KAFKA_SECURITY_FIELDS})
 
     @property
     def password_in_clear(self) -> bool:

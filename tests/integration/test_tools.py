@@ -13,8 +13,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from compose.embedded import SCRAM_MECHANISM
+from emotion_stream.cli import main
 from tests.support.secure_fixtures import WORKER_USER, SecureKafkaFactory
-from worker.tools import main
 
 pytestmark = pytest.mark.integration
 

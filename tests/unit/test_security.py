@@ -7,6 +7,7 @@ client that uses it — never silently ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -31,7 +32,12 @@ from tests.unit.test_app import (
 from tests.unit.test_app import settings as worker_settings
 from worker.app import Worker
 from worker.cli import EXIT_BAD_SETTINGS, build_settings, main
-from worker.security import KafkaSecurity, read_secret_file, triton_tls_problems
+from worker.security import (
+    KAFKA_SECURITY_FIELDS,
+    KafkaSecurity,
+    read_secret_file,
+    triton_tls_problems,
+)
 from worker.settings import SECRET_FIELDS, WorkerSettings, describe_validation_error, env_name
 
 PASSWORD = "hunter2-secret"
@@ -197,6 +203,25 @@ def test_every_combination_fails_closed(values: dict[str, Any]) -> None:
     if any(name in values for name in TRITON_FILES):
         assert s.triton_ssl  # the files reach a TLS channel, not a plain one
     assert (s.triton_private_key is None) == (s.triton_certificate_chain is None)
+
+
+def test_the_kafka_security_fields_are_the_workers_settings() -> None:
+    """One list of Kafka security settings: each is a worker setting of the same default,
+    and the worker hands every one of them to its clients' security value."""
+    for field in dataclasses.fields(KafkaSecurity):
+        assert WorkerSettings.model_fields[field.name].default == field.default, field.name
+    given = {
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": Path("/ca.pem"),
+        "ssl_certfile": Path("/c.pem"),
+        "ssl_keyfile": Path("/k.pem"),
+        **SASL_OK,
+    }
+    security = WorkerSettings(**given).kafka_client_security
+    assert set(given) | {"allow_cleartext_password"} == set(KAFKA_SECURITY_FIELDS)
+    for name, value in given.items():
+        shown = getattr(security, name)
+        assert (shown.get_secret_value() if name in SECRET_FIELDS else shown) == value, name
 
 
 def test_the_tools_and_the_worker_share_the_rules() -> None:

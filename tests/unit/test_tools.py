@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import unicodedata
 from pathlib import Path
 
@@ -11,19 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.sample_tweets import BUILT_IN_SAMPLE, SampleTweet, load_sample_tweets
-from worker.security import KafkaSecurity
-from worker.tools import (
-    LineError,
-    OutgoingTweet,
-    build_parser,
-    client_security,
-    format_result,
-    main,
-    parse_line,
-    render_record,
-    sample_records,
-)
+from emotion_stream.cli import main
+from emotion_stream.tools import consume, produce
+from emotion_stream.tools.command import client_security
+from emotion_stream.tools.formatting import format_result, render_record
+from emotion_stream.tools.produce import LineError, OutgoingTweet, parse_line, sample_records
+from emotion_stream.tools.samples import BUILT_IN_SAMPLE, SampleTweet, load_sample_tweets
+from worker.security import KAFKA_SECURITY_FIELDS, KafkaSecurity, option
+from worker.settings import SECRET_FIELDS, env_name
 
 
 def test_json_object_is_sent_as_written_and_keyed_by_its_id() -> None:
@@ -180,7 +176,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def security_of(command: str, *args: str, env: dict[str, str] | None = None) -> KafkaSecurity:
-    parsed = build_parser(command).parse_args(list(args))
+    build_parser = {"produce": produce.build_parser, "consume": consume.build_parser}[command]
+    parsed = build_parser().parse_args(list(args))
     return client_security(parsed, env or {})
 
 
@@ -257,6 +254,26 @@ def test_tool_security_mistakes_exit_2_naming_the_settings(
     for name in names:
         assert name in err, err
     assert PASSWORD not in err
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize("command", ["produce", "consume"])
+def test_the_tools_offer_every_kafka_security_setting_a_secret_by_its_file(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = capsys.readouterr().out
+
+    def offered(flag: str) -> bool:
+        return re.search(re.escape(flag) + r"(?![\w-])", help_text) is not None
+
+    for field in KAFKA_SECURITY_FIELDS:
+        if field in SECRET_FIELDS:
+            assert offered(f"{option(field)}-file") and not offered(option(field)), field
+        else:
+            assert offered(option(field)), field
+        assert env_name(field) in help_text
 
 
 @pytest.mark.parametrize("command", ["produce", "consume"])
