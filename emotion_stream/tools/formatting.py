@@ -1,9 +1,5 @@
-"""What ``emotion-stream consume`` prints for one record: a readable line, or the raw value.
-
-Tweets and dead-letter headers are untrusted — anyone who can write to the topics chooses
-them — so every readable line has its terminal-driving characters written as visible
-escapes before it reaches an operator's terminal.
-"""
+"""What ``emotion-stream consume`` prints for one record: a readable line with its
+terminal-driving characters escaped (:func:`escape_controls`), or the raw value."""
 
 from __future__ import annotations
 
