@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_SETTINGS
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, worker_id=settings.worker_id)
 
     # Heavy imports (transformers, grpc, kafka) only once the settings are known good.
     from worker.app import Worker  # noqa: PLC0415

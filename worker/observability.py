@@ -1,8 +1,8 @@
 """Logs, metrics and health: what an operator sees of a running worker.
 
-- structlog JSON lines on stderr: one per batch at debug, a throughput summary every
-  ``log_summary_interval_s`` at info, every state change (assigned, backing off,
-  ready) at info/warning.
+- JSON lines on stderr, the worker's and its libraries' alike, each with the worker's
+  id: one per batch at debug, a throughput summary every ``log_summary_interval_s`` at
+  info, every state change (assigned, backing off, ready) at info/warning.
 - One HTTP server: Prometheus ``/metrics``, ``/healthz`` (the loop is alive) and
   ``/readyz`` (assigned, Triton reachable, not backing off). Each worker owns its
   registry, so several workers can run in one process (the tests do).
@@ -11,20 +11,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from structlog.typing import EventDict, Processor
 
 # A loop iteration blocks at most for one poll and one harvest; far longer means stuck.
 DEFAULT_LIVENESS_TIMEOUT_S = 60.0
@@ -43,40 +42,82 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-class JsonLineFormatter(logging.Formatter):
-    """Stdlib records (kafka-python, grpc, the transport) as JSON lines like structlog's."""
+class _AddWorkerId:
+    """Puts the process's worker id on every line that does not name one already.
 
-    def format(self, record: logging.LogRecord) -> str:
-        event: dict[str, Any] = {
-            "event": record.getMessage(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
-        }
-        if record.exc_info:
-            event["exception"] = self.formatException(record.exc_info)
-        return json.dumps(event, default=str)
+    kafka-python logs from its own I/O thread, where nothing the worker binds reaches, so
+    the id is the process's: one worker per process (several in one process, as in the
+    tests, still name their own on their own lines).
+    """
+
+    def __init__(self, worker_id: str | None) -> None:
+        self._worker_id = worker_id
+
+    def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+        if self._worker_id is not None:
+            event_dict.setdefault("worker_id", self._worker_id)
+        return event_dict
 
 
-def configure_logging(level: str = "info") -> None:
-    """JSON logs on stderr at ``level`` (process-wide: structlog's config is global)."""
+class _HandlerLoggers:
+    """structlog's loggers: stdlib loggers outside logging's tree, each handing its records
+    straight to the one handler.
+
+    structlog has filtered by level already; inside the tree the root's level (the
+    libraries' WARNING floor) would drop the worker's own info and debug lines. One
+    handler for both keeps one lock around every write, so lines from different threads
+    never interleave.
+    """
+
+    def __init__(self, handler: logging.Handler) -> None:
+        self._handler = handler
+        self._loggers: dict[str, logging.Logger] = {}
+
+    def __call__(self, *args: Any) -> logging.Logger:
+        name = str(args[0]) if args else "worker"
+        logger = self._loggers.get(name)
+        if logger is None:
+            logger = logging.Logger(name)
+            logger.addHandler(self._handler)
+            logger = self._loggers.setdefault(name, logger)
+        return logger
+
+
+def configure_logging(level: str = "info", *, worker_id: str | None = None) -> None:
+    """JSON lines on stderr at ``level`` (process-wide: structlog's config is global).
+
+    The worker's structlog events and the stdlib records of libraries (kafka-python,
+    grpc) and of the transport go through one handler and one formatter (structlog's
+    ``ProcessorFormatter``): every line has the same fields — ``event``, ``level``,
+    ``logger``, ``timestamp`` and, when given, ``worker_id`` — and libraries only show
+    their warnings and errors.
+    """
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    # Libraries log through stdlib logging: only their warnings, as JSON too.
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _AddWorkerId(worker_id),
+        structlog.processors.format_exc_info,
+    ]
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLineFormatter())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_HandlerLoggers(handler),
         cache_logger_on_first_use=False,
     )
 

@@ -1,15 +1,22 @@
-"""The health server: /metrics, /healthz, /readyz on one port; port 0 picks a free one."""
+"""The health server: /metrics, /healthz, /readyz on one port; port 0 picks a free one.
+And the logs: the worker's lines and its libraries' in one JSON shape, with its id."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
+import structlog
 
 from worker.observability import (
     MAX_CONNECTIONS,
@@ -17,6 +24,7 @@ from worker.observability import (
     Health,
     HealthServer,
     WorkerMetrics,
+    configure_logging,
 )
 
 
@@ -194,3 +202,96 @@ def test_a_taken_port_fails_at_construction() -> None:
         pytest.raises(OSError),
     ):
         HealthServer("127.0.0.1", server.port, WorkerMetrics(), Health())
+
+
+# --- logs: one JSON shape for the worker's lines and its libraries' -----------------
+
+
+@pytest.fixture
+def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """Logging configured as the worker does it (on the captured stderr), undone after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def lines() -> list[dict[str, Any]]:
+        err = capsys.readouterr().err
+        return [json.loads(line) for line in err.splitlines()]  # every line is JSON
+
+    try:
+        yield lines
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], root.level = handlers, level
+
+
+def test_library_and_worker_lines_are_json_with_the_worker_id(
+    json_logs: Callable[[], list[dict[str, Any]]],
+) -> None:
+    configure_logging("info", worker_id="worker-7")
+    logging.getLogger("kafka.conn").warning("Connection to %s failed", "127.0.0.1:9092")
+    logging.getLogger("kafka.conn").info("below the libraries' WARNING floor: not shown")
+    structlog.get_logger("worker").info("partitions assigned", partitions=[["tweets", 0]])
+    try:
+        raise ConnectionResetError("peer gone")
+    except ConnectionResetError:
+        logging.getLogger("worker.transport").exception("commit on revocation failed")
+    library, worker, transport = json_logs()
+    assert library == {
+        "event": "Connection to 127.0.0.1:9092 failed",
+        "level": "warning",
+        "logger": "kafka.conn",
+        "timestamp": library["timestamp"],
+        "worker_id": "worker-7",
+    }
+    assert worker == {
+        "event": "partitions assigned",
+        "partitions": [["tweets", 0]],
+        "level": "info",
+        "logger": "worker",
+        "timestamp": worker["timestamp"],
+        "worker_id": "worker-7",
+    }
+    assert transport["level"] == "error" and transport["worker_id"] == "worker-7"
+    assert "ConnectionResetError: peer gone" in transport["exception"]
+    for line in (library, worker):
+        assert datetime.fromisoformat(line["timestamp"]).utcoffset() == timedelta(0)
+
+
+def test_a_worker_bound_id_wins_and_debug_lines_follow_the_level(
+    json_logs: Callable[[], list[dict[str, Any]]],
+) -> None:
+    configure_logging("debug", worker_id="process-id")
+    log = structlog.get_logger("worker").bind(worker_id="bound-id")
+    log.debug("batch", size=3)
+    logging.getLogger("kafka.client").info("library info stays hidden at debug too")
+    (batch,) = json_logs()
+    assert batch["event"] == "batch" and batch["level"] == "debug"
+    assert batch["worker_id"] == "bound-id"
+    configure_logging("warning", worker_id="process-id")
+    structlog.get_logger("worker").info("hidden at warning")
+    assert json_logs() == []
+
+
+def test_the_login_watch_still_sees_warnings_when_the_level_is_error(
+    json_logs: Callable[[], list[dict[str, Any]]],
+) -> None:
+    """The transport's watch on ``kafka.net.manager`` (a refused login, logged at WARNING)
+    must not go blind when the worker logs only errors; the line itself stays unlogged."""
+    import worker.transport  # noqa: F401, PLC0415 - pins the watched logger's level
+
+    seen: list[logging.LogRecord] = []
+
+    class Watch(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            seen.append(record)
+            return True
+
+    configure_logging("error", worker_id="worker-7")
+    watched, watch = logging.getLogger("kafka.net.manager"), Watch()
+    watched.filters.insert(0, watch)  # before the transport's, which drops the line
+    try:
+        watched.warning("Connection failed: %s", "SASL authentication failed")
+    finally:
+        watched.removeFilter(watch)
+    assert [record.levelname for record in seen] == ["WARNING"]
+    assert json_logs() == []
