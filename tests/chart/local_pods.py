@@ -180,7 +180,9 @@ def pod_env(
                 volume = mounts[mount_path]
                 local = volumes[volume] / value[len(mount_path) :].lstrip("/")
                 if kinds[volume] in PROJECTED:
-                    holds = sorted(p.name for p in volumes[volume].iterdir())
+                    holds = sorted(
+                        p.name for p in volumes[volume].iterdir() if not p.name.startswith("..")
+                    )
                     assert local.is_file(), (
                         f"{item['name']}={value}: no such file in the {kinds[volume]} "
                         f"volume {volume} (it holds {holds})"
