@@ -211,8 +211,9 @@ def translate_kafka_error(exc: BaseException, operation: str) -> WorkerError:
     if isinstance(exc, kafka.errors.KafkaTimeoutError) and refused is not None:
         return FatalError(
             f"Kafka {operation} failed: the broker refused the login ({refused}); check "
-            "EMOTION_STREAM_SASL_USERNAME, EMOTION_STREAM_SASL_PASSWORD, "
-            "EMOTION_STREAM_SASL_MECHANISM and EMOTION_STREAM_SSL_CAFILE"
+            "EMOTION_STREAM_SASL_USERNAME, EMOTION_STREAM_SASL_PASSWORD (or the file "
+            "EMOTION_STREAM_SASL_PASSWORD_FILE names), EMOTION_STREAM_SASL_MECHANISM and "
+            "EMOTION_STREAM_SSL_CAFILE"
         )
     if isinstance(exc, _TOO_LARGE):
         return RecordTooLarge(operation, str(exc))

@@ -10,7 +10,8 @@
 #  3. the chart tests (pytest -m chart tests/chart): lint and render per values file, every
 #     object validated against the Kubernetes 1.37 and 1.31 schemas and the custom
 #     resources' documented fields, two rendered workers against the real embedded Kafka
-#     and Triton, the alert and dashboard metric names against real /metrics.
+#     and Triton (over PLAINTEXT, and over SASL_SSL with SCRAM and ACLs), the alert and
+#     dashboard metric names against real /metrics.
 # `make test` leaves the chart tests out, so nothing runs twice.
 set -euo pipefail
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+from pydantic import ValidationError
 
 from tests.chart.crd_schemas import CUSTOM_RESOURCE_SCHEMAS
+from tests.chart.local_pods import mount_volumes, pod_env, stand_in_secrets
 from tests.chart.render import (
     CHART,
     KUBE_VERSIONS,
@@ -33,7 +36,8 @@ from tests.chart.render import (
     render,
 )
 from worker.app import FLUSH_TIMEOUT_S
-from worker.settings import WorkerSettings, env_name
+from worker.cli import build_settings
+from worker.settings import WorkerSettings, describe_validation_error, env_name
 
 pytestmark = pytest.mark.chart
 
@@ -244,6 +248,47 @@ def test_worker_env_names_are_settings(matrix: dict[tuple[str, str], Rendered], 
     env = env_of(rendered(matrix, name).worker_container)
     ours = {n for n in env if n.startswith("EMOTION_STREAM_")}
     assert ours - known == set()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_worker_accepts_the_rendered_settings(
+    matrix: dict[tuple[str, str], Rendered],
+    name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The settings a values file gives the worker pass its own validation (which stops
+    start-up on a combination that cannot work, e.g. PLAIN in clear without consent).
+
+    The pod's volumes are projected locally (``local_pods.py``), the Secrets the chart does
+    not make stood in for, so the ``*_FILE`` paths resolve as they would in the pod.
+    """
+    objects = rendered(matrix, name)
+    pod = f"{objects.worker['metadata']['name']}-0"
+    models = tmp_path / "models"  # the model volume (a claim or an emptyDir): only a path here
+    models.mkdir()
+    volumes = mount_volumes(
+        objects,
+        pod,
+        tmp_path,
+        stand_ins={"models": models},
+        namespace_secrets=stand_in_secrets(objects),
+    )
+    for variable in [v for v in os.environ if v.startswith("EMOTION_STREAM_")]:
+        monkeypatch.delenv(variable)
+    for variable, value in pod_env(objects, pod, volumes).items():
+        monkeypatch.setenv(variable, value)
+    command = objects.worker_container["command"] + objects.worker_container["args"]
+    assert command[:2] == ["emotion-stream", "worker"]
+    try:
+        settings = build_settings(command[2:])
+    except ValidationError as error:
+        pytest.fail(f"the worker refuses {name}'s settings:\n{describe_validation_error(error)}")
+    env = env_of(objects.worker_container)
+    assert settings.worker_id == pod
+    assert settings.security_protocol == env["EMOTION_STREAM_SECURITY_PROTOCOL"]["value"]
+    if "EMOTION_STREAM_SASL_PASSWORD_FILE" in env:
+        assert settings.sasl_password is not None, "the password file was not read"
 
 
 def test_worker_identity_is_the_pod_name(matrix: dict[tuple[str, str], Rendered]) -> None:
@@ -539,6 +584,89 @@ def test_object_storage_repository(matrix: dict[tuple[str, str], Rendered]) -> N
     assert "gs://example-models/emotion-stream/emotion-classifier/tokenizer" in fetch["args"][0]
 
 
+# --------------------------------------------------------------------------- images
+
+
+def images(node: Any) -> list[str]:
+    """Every container image in an object (pods, pod templates, Jobs, CronJobs...)."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in {"containers", "initContainers", "ephemeralContainers"}:
+                found += [str(spec.get("image", "")) for spec in value]
+            else:
+                found += images(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += images(item)
+    return found
+
+
+def moving_reference(image: str) -> str | None:
+    """Why ``image`` names no fixed release (None: a versioned tag, or a digest).
+
+    ``repo@sha256:...`` is fixed; a bare ``repo`` means ``latest``; a tag without a
+    version number in it (``latest``, ``slim``, ``stable``) is a name the vendor moves from
+    release to release. A colon before the last ``/`` is a registry's port.
+    """
+    name, _, digest = image.partition("@")
+    if digest:
+        return None
+    tag = name.rsplit("/", 1)[-1].partition(":")[2]
+    if not tag:
+        return "no tag (Kubernetes pulls latest)"
+    if not any(character.isdigit() for character in tag):
+        return f"the moving tag {tag}"
+    return None
+
+
+@pytest.mark.parametrize(
+    ("image", "moving"),
+    [
+        ("amazon/aws-cli:latest", True),
+        ("amazon/aws-cli", True),
+        ("registry.local:5000/emotion-stream/worker", True),
+        ("emotion-stream/worker:", True),
+        ("gcr.io/google.com/cloudsdktool/google-cloud-cli:slim", True),
+        ("gcr.io/google.com/cloudsdktool/google-cloud-cli:572.0.0-stable", False),
+        ("amazon/aws-cli:2.36.9", False),
+        ("registry.local:5000/emotion-stream/worker:0.1.0", False),
+        ("nvcr.io/nvidia/tritonserver:24.08-py3", False),
+        ("amazon/aws-cli@sha256:" + "0" * 64, False),
+    ],
+)
+def test_moving_image_references_are_recognised(image: str, moving: bool) -> None:
+    assert (moving_reference(image) is not None) == moving
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_image_is_pinned(matrix: dict[tuple[str, str], Rendered], name: str) -> None:
+    """No rendered container runs ``:latest``, another moving tag or an untagged image:
+    what a pod runs must not change with the next pull (the object-storage copy images
+    were ``latest`` and ``slim`` once)."""
+    found = {image for obj in rendered(matrix, name).objects for image in images(obj)}
+    assert found, "no container image rendered"
+    moving = {image: why for image in found if (why := moving_reference(image))}
+    assert not moving, f"{name}: images not pinned to a release: {moving}"
+
+
+def test_the_image_check_sees_init_containers(helm: str) -> None:
+    """The check reaches the object-storage copy container (an init container)."""
+    objects = render(
+        helm,
+        {
+            "modelRepository": {
+                "source": "objectStorage",
+                "objectStorage": {
+                    "url": "s3://bucket/models",
+                    "fetchImage": {"s3": "amazon/aws-cli:latest"},
+                },
+            }
+        },
+    )
+    assert "amazon/aws-cli:latest" in {image for o in objects.objects for image in images(o)}
+
+
 # --------------------------------------------------------------------------- bad values
 
 
@@ -565,6 +693,29 @@ def test_object_storage_repository(matrix: dict[tuple[str, str], Rendered]) -> N
             "kafka.sasl.existingSecret",
         ),
         ({"kafka": {"securityProtocol": "SASL_SSL"}}, "kafka.sasl.mechanism"),
+        (
+            {
+                "kafka": {
+                    "securityProtocol": "SASL_PLAINTEXT",
+                    "sasl": {"mechanism": "PLAIN", "username": "u", "password": "p"},
+                }
+            },
+            "kafka.sasl.allowCleartextPassword: true",
+        ),
+        (
+            {
+                "kafka": {
+                    "securityProtocol": "SASL_SSL",
+                    "sasl": {
+                        "mechanism": "SCRAM-SHA-512",
+                        "username": "u",
+                        "password": "p",
+                        "allowCleartextPassword": True,
+                    },
+                }
+            },
+            "allowCleartextPassword only applies to SASL_PLAINTEXT with PLAIN",
+        ),
         # values.schema.json: Helm itself refuses unknown keys and values outside an enum.
         ({"kafka": {"securityProtocol": "TLS"}}, "/kafka/securityProtocol"),
         ({"kafka": {"bootstrapServer": "x:9092"}}, "'bootstrapServer' not allowed"),

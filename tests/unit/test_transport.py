@@ -70,6 +70,8 @@ def test_a_bootstrap_timeout_after_a_refused_login_is_fatal_and_names_the_settin
         assert isinstance(error, FatalError)
         assert "refused the login" in str(error) and "invalid credentials" in str(error)
         assert "EMOTION_STREAM_SASL_PASSWORD" in str(error)
+        # A password from a mounted Secret (the Helm chart's way) is named too.
+        assert "EMOTION_STREAM_SASL_PASSWORD_FILE" in str(error)
         # Past the start, a timeout (a broker restarting) stays an outage to retry.
         assert isinstance(translate_kafka_error(timeout, "send to emotions"), BrokerUnavailable)
     finally:

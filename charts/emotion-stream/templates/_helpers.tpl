@@ -138,6 +138,14 @@ seccompProfile:
 {{- fail (printf "kafka.sasl.existingSecret (or kafka.sasl.password) is required with %s" $v.kafka.securityProtocol) -}}
 {{- end -}}
 {{- end -}}
+{{- /* The worker refuses both of these at start-up (worker/security.py); say so at install. */ -}}
+{{- $inClear := and (eq $v.kafka.securityProtocol "SASL_PLAINTEXT") (eq $v.kafka.sasl.mechanism "PLAIN") -}}
+{{- if and $inClear (not $v.kafka.sasl.allowCleartextPassword) -}}
+{{- fail "kafka.securityProtocol SASL_PLAINTEXT with kafka.sasl.mechanism PLAIN sends the password in clear: use SASL_SSL or SCRAM, or set kafka.sasl.allowCleartextPassword: true to accept it" -}}
+{{- end -}}
+{{- if and $v.kafka.sasl.allowCleartextPassword (not $inClear) -}}
+{{- fail "kafka.sasl.allowCleartextPassword only applies to SASL_PLAINTEXT with PLAIN: unset it" -}}
+{{- end -}}
 {{- if not (has $v.worker.delivery (list "at_least_once" "exactly_once")) -}}
 {{- fail (printf "worker.delivery must be at_least_once or exactly_once (got %q)" $v.worker.delivery) -}}
 {{- end -}}
@@ -155,7 +163,7 @@ seccompProfile:
 {{- if lt (float64 $v.worker.terminationGracePeriodSeconds) $needed -}}
 {{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be at least TRITON_TIMEOUT_S + 45 s (%v): the worker drains in-flight batches, flushes and commits before it exits" $v.worker.terminationGracePeriodSeconds $needed) -}}
 {{- end -}}
-{{- $owned := list "KAFKA_BOOTSTRAP_SERVERS" "INPUT_TOPIC" "OUTPUT_TOPIC" "DLQ_TOPIC" "CONSUMER_GROUP" "SECURITY_PROTOCOL" "SASL_MECHANISM" "SASL_USERNAME" "SASL_PASSWORD" "SASL_PASSWORD_FILE" "SSL_CAFILE" "SSL_CERTFILE" "SSL_KEYFILE" "TRITON_URL" "MODEL_NAME" "MODEL_VERSION" "MODEL_REPOSITORY" "DELIVERY" "WORKER_ID" "METRICS_PORT" "METRICS_HOST" "FAILPOINT" -}}
+{{- $owned := list "KAFKA_BOOTSTRAP_SERVERS" "INPUT_TOPIC" "OUTPUT_TOPIC" "DLQ_TOPIC" "CONSUMER_GROUP" "SECURITY_PROTOCOL" "SASL_MECHANISM" "SASL_USERNAME" "SASL_PASSWORD" "SASL_PASSWORD_FILE" "ALLOW_CLEARTEXT_PASSWORD" "SSL_CAFILE" "SSL_CERTFILE" "SSL_KEYFILE" "TRITON_URL" "MODEL_NAME" "MODEL_VERSION" "MODEL_REPOSITORY" "DELIVERY" "WORKER_ID" "METRICS_PORT" "METRICS_HOST" "FAILPOINT" -}}
 {{- range $key, $_ := $v.worker.settings -}}
 {{- if has (upper $key) $owned -}}
 {{- fail (printf "worker.settings.%s: set through the chart's own values (kafka.*, worker.delivery, worker.metricsPort, triton.*, modelRepository.*), not worker.settings" $key) -}}
