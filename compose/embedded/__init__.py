@@ -27,45 +27,17 @@ One module per job; import from here:
 """
 
 from compose.embedded.kafka_broker import (
-    CLUSTER_BROKER_HEARTBEAT_INTERVAL_MS,
-    CLUSTER_BROKER_SESSION_TIMEOUT_MS,
     DEFAULT_KAFKA_CONTROLLER_PORT,
     DEFAULT_KAFKA_PORT,
-    KAFKA_HEAP,
-    KAFKA_MAIN_CLASS,
-    KAFKA_NODE_ID,
     KAFKA_START_TIMEOUT_S,
-    KAFKA_STORAGE_TOOL,
     KafkaBroker,
     KafkaPorts,
     Replication,
 )
-from compose.embedded.kafka_cluster import CLUSTER_NODE_HEAP, KafkaCluster
-from compose.embedded.kafka_jars import (
-    FETCH_STAMP,
-    FETCH_TIMEOUT_S,
-    KAFKA_LOG4J2_CONFIG,
-    KAFKA_POM,
-    default_kafka_libs_dir,
-    fetch_kafka_jars,
-)
-from compose.embedded.kafka_security import (
-    ACL_RESOURCES,
-    ANONYMOUS,
-    CLUSTER_RESOURCE_NAME,
-    KRAFT_AUTHORIZER,
-    SCRAM_LOGIN_MODULE,
-    SCRAM_MECHANISM,
-    SECURE_LISTENER,
-    KafkaSecurity,
-)
-from compose.embedded.service import (
-    LOOPBACK,
-    PROBE_TIMEOUT_S,
-    LocalService,
-    default_state_dir,
-    ensure_ports_free,
-)
+from compose.embedded.kafka_cluster import KafkaCluster
+from compose.embedded.kafka_jars import default_kafka_libs_dir, fetch_kafka_jars
+from compose.embedded.kafka_security import SCRAM_MECHANISM, SECURE_LISTENER, KafkaSecurity
+from compose.embedded.service import LOOPBACK, LocalService, default_state_dir, ensure_ports_free
 from compose.embedded.topics import (
     DEAD_LETTER_TOPIC,
     DEFAULT_TWEETS_PARTITIONS,
@@ -78,22 +50,16 @@ from compose.embedded.triton import (
     DEFAULT_TRITON_GRPC_PORT,
     DEFAULT_TRITON_HTTP_PORT,
     DEFAULT_TRITON_METRICS_PORT,
-    PYTRITON_DIR_NAME,
-    TRITON_EXIT_TIMEOUT_S,
     TRITON_START_TIMEOUT_S,
     TritonPorts,
     TritonServer,
     pytriton_dir,
 )
-from compose.processes import EmbeddedStackError, ManagedProcess, ServiceStartError, tail
+from compose.processes import EmbeddedStackError, ServiceStartError, tail
 
+# What the CLI, tests, benchmarks and the stand-in image import; implementation constants
+# stay in their modules.
 __all__ = [
-    "ACL_RESOURCES",
-    "ANONYMOUS",
-    "CLUSTER_BROKER_HEARTBEAT_INTERVAL_MS",
-    "CLUSTER_BROKER_SESSION_TIMEOUT_MS",
-    "CLUSTER_NODE_HEAP",
-    "CLUSTER_RESOURCE_NAME",
     "DEAD_LETTER_TOPIC",
     "DEFAULT_KAFKA_CONTROLLER_PORT",
     "DEFAULT_KAFKA_PORT",
@@ -102,23 +68,10 @@ __all__ = [
     "DEFAULT_TRITON_METRICS_PORT",
     "DEFAULT_TWEETS_PARTITIONS",
     "EMOTIONS_TOPIC",
-    "FETCH_STAMP",
-    "FETCH_TIMEOUT_S",
-    "KAFKA_HEAP",
-    "KAFKA_LOG4J2_CONFIG",
-    "KAFKA_MAIN_CLASS",
-    "KAFKA_NODE_ID",
-    "KAFKA_POM",
     "KAFKA_START_TIMEOUT_S",
-    "KAFKA_STORAGE_TOOL",
-    "KRAFT_AUTHORIZER",
     "LOOPBACK",
-    "PROBE_TIMEOUT_S",
-    "PYTRITON_DIR_NAME",
-    "SCRAM_LOGIN_MODULE",
     "SCRAM_MECHANISM",
     "SECURE_LISTENER",
-    "TRITON_EXIT_TIMEOUT_S",
     "TRITON_START_TIMEOUT_S",
     "TWEETS_TOPIC",
     "EmbeddedStackError",
@@ -127,7 +80,6 @@ __all__ = [
     "KafkaPorts",
     "KafkaSecurity",
     "LocalService",
-    "ManagedProcess",
     "Replication",
     "ServiceStartError",
     "TritonPorts",
