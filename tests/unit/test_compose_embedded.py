@@ -1,4 +1,4 @@
-"""The embedded Kafka's configuration: a single node, and the nodes of a cluster."""
+"""The embedded services' configuration: a Kafka node, a cluster's nodes, recorded endpoints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from compose.embedded import KafkaBroker, KafkaCluster, KafkaPorts, KafkaSecurity, Replication
+from compose.embedded import (
+    KafkaBroker,
+    KafkaCluster,
+    KafkaPorts,
+    KafkaSecurity,
+    Replication,
+    TritonPorts,
+    TritonServer,
+)
+from compose.embedded.service import write_json
 
 
 def test_a_single_node_keeps_one_replica_of_everything_so_transactions_work(
@@ -85,3 +94,28 @@ def test_acl_helper_refuses_unknown_names(tmp_path: Path) -> None:
         broker.set_acls("worker", ["read"], "topics", "tweets")
     with pytest.raises(ValueError, match="operation"):
         broker.set_acls("worker", ["reed"], "topic", "tweets")
+
+
+def test_down_and_status_find_each_service_on_the_ports_it_recorded(tmp_path: Path) -> None:
+    broker = KafkaBroker(tmp_path, KafkaPorts(19092, 19093))
+    server = TritonServer(
+        tmp_path, tmp_path / "repository", TritonPorts(18001, 18000, 18002), model_name="m"
+    )
+    for service in (broker, server):
+        write_json(service.endpoint_file, service.endpoint())  # what launch() records
+
+    found_broker = KafkaBroker.recorded(tmp_path)
+    assert found_broker.ports == KafkaPorts(19092, 19093)
+    assert found_broker.home == broker.home
+    assert found_broker.log_file == broker.home / "kafka.log"
+    found_server = TritonServer.recorded(tmp_path)
+    assert found_server.ports == TritonPorts(18001, 18000, 18002)
+    assert found_server.model_name == "m"
+    assert found_server.model_repository == (tmp_path / "repository").resolve()
+    assert found_server.process.pid_file == server.home / "triton.pid"
+
+
+def test_nothing_recorded_means_the_default_ports(tmp_path: Path) -> None:
+    assert KafkaBroker.recorded(tmp_path).ports == KafkaPorts()
+    assert TritonServer.recorded(tmp_path).ports == TritonPorts()
+    assert not KafkaBroker.recorded(tmp_path).is_running()
