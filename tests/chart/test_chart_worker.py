@@ -37,16 +37,11 @@ from typing import Any
 import pytest
 
 from tests.chart.render import RELEASE, Rendered, container, render
-from tests.support.pipeline import (
-    DELIVERY_MODES,
-    EXACTLY_ONCE,
-    PipelineFactory,
-    WorkerRun,
-    check_delivery,
-    http_status,
-    wait_until,
-)
-from tests.support.service_fixtures import free_port
+from tests.support.delivery import check_delivery
+from tests.support.network import free_port, http_status
+from tests.support.pipeline import DELIVERY_MODES, EXACTLY_ONCE, PipelineFactory
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerRun
 
 pytestmark = [pytest.mark.chart, pytest.mark.integration]
 

@@ -19,14 +19,10 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.support.pipeline import (
-    WORKER_START_TIMEOUT_S,
-    Delivery,
-    Pipeline,
-    check_delivery,
-    duplicates,
-    wait_until,
-)
+from tests.support.delivery import Delivery, check_delivery, duplicates
+from tests.support.pipeline import Pipeline
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WORKER_START_TIMEOUT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

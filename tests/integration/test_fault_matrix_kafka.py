@@ -19,16 +19,16 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from tests.support.broker_fixtures import KafkaBrokerFactory, KafkaClusterFactory
+from tests.support.delivery import check_delivery
 from tests.support.pipeline import (
     AT_LEAST_ONCE,
     DELIVERY_MODES,
     EXACTLY_ONCE,
     Pipeline,
     PipelineFactory,
-    check_delivery,
-    wait_until,
 )
 from tests.support.secure_fixtures import WORKER_USER, SecureKafkaFactory
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

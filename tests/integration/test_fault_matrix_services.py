@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import skip_or_fail
+from tests.support.delivery import check_dead_letter, check_delivery
 from tests.support.fault_services import (
     ControllableTriton,
     StrictKafka,
@@ -34,11 +35,9 @@ from tests.support.pipeline import (
     EXACTLY_ONCE,
     Pipeline,
     PipelineFactory,
-    WorkerRun,
-    check_dead_letter,
-    check_delivery,
-    wait_until,
 )
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,15 +17,10 @@ import json
 
 import pytest
 
-from tests.support.pipeline import (
-    DELIVERY_MODES,
-    WORKER_START_TIMEOUT_S,
-    Pipeline,
-    PipelineFactory,
-    WorkerRun,
-    check_delivery,
-    wait_until,
-)
+from tests.support.delivery import check_delivery
+from tests.support.pipeline import DELIVERY_MODES, Pipeline, PipelineFactory
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WORKER_START_TIMEOUT_S, WorkerRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -33,7 +33,7 @@ from compose.embedded import KafkaBroker, KafkaPorts, TritonPorts, TritonServer,
 from compose.processes import wait_until
 from compose.triton_twin.model import PARAM_EXECUTE_DELAY_MS
 from emotion_stream.layout import CONFIG_FILE, ONNX_FILE
-from tests.support.service_fixtures import free_ports
+from tests.support.network import free_ports
 
 MODEL_NAME = "emotion-classifier"
 KILL_WAIT_S = 30.0

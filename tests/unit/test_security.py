@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
-from tests.unit.test_app import (
+from tests.support.fakes import (
     LABELS,
     FakeClassifier,
     FakePublisher,
@@ -28,7 +28,7 @@ from tests.unit.test_app import (
     tweets,
     wait_for,
 )
-from tests.unit.test_app import settings as worker_settings
+from tests.support.fakes import settings as worker_settings
 from worker.app import Worker
 from worker.cli import EXIT_BAD_SETTINGS, build_settings, main
 from worker.security import KafkaSecurity, read_secret_file, triton_tls_problems
