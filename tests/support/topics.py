@@ -37,23 +37,30 @@ class TopicReader:
     _consumer: Any = None
 
     def _ensure(self) -> Any:
+        """The consumer, assigned every partition of the topic once the topic is known."""
         if self._consumer is None:
-            consumer = KafkaConsumer(
+            self._consumer = KafkaConsumer(
                 bootstrap_servers=self.bootstrap_servers,
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 isolation_level=self.isolation_level,
             )
-            partitions = consumer.partitions_for_topic(self.topic) or set()
-            consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
-            consumer.seek_to_beginning()
-            self._consumer = consumer
+        if not self._consumer.assignment():
+            partitions = self._consumer.partitions_for_topic(self.topic) or set()
+            if partitions:
+                self._consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
+                self._consumer.seek_to_beginning()
         return self._consumer
 
     def fetch(self, timeout_ms: int = FETCH_TIMEOUT_MS) -> list[Any]:
-        """Whatever arrived since the last call (kept too, with ``keep``)."""
-        batches = self._ensure().poll(timeout_ms=timeout_ms)
+        """Whatever arrived since the last call (kept too, with ``keep``); nothing while the
+        topic does not exist yet (the wait a poll would have made, then empty)."""
+        consumer = self._ensure()
+        if not consumer.assignment():
+            time.sleep(timeout_ms / 1000)  # what a poll would have waited
+            return []
+        batches = consumer.poll(timeout_ms=timeout_ms)
         new = [record for batch in batches.values() for record in batch]
         if self.keep:
             self.records.extend(new)
