@@ -26,8 +26,6 @@ on main yet (pending the `harden` branch), so no SASL run here.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,12 +135,7 @@ def start(pod: LocalPod, log_dir: Path) -> WorkerRun:
     env.update(pod.env)
     # Four test suites share two cores: keep tokenizer threads from multiplying.
     env.update({"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
-    log_path = log_dir / f"{pod.name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            pod.argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
-    return WorkerRun(pod.name, process, log_path)
+    return WorkerRun.start(pod.name, env, log_dir / f"{pod.name}.log", argv=pod.argv)
 
 
 @pytest.mark.parametrize("delivery", DELIVERY_MODES)
@@ -232,6 +225,6 @@ def test_rendered_workers_classify_every_tweet(
     # Kubernetes sends SIGTERM and waits terminationGracePeriodSeconds before SIGKILL.
     grace = objects.worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     for run in runs:
-        run.process.send_signal(signal.SIGTERM)
+        run.terminate()
     for run in runs:
         assert run.wait(grace) == 0, run.log_tail()

@@ -41,9 +41,7 @@ EXIT_TIMEOUT_S = 120.0
 
 
 def _warm_up(pipeline: Pipeline) -> list[str]:
-    ids = pipeline.seed(WARM_UP, first=FEED)
-    pipeline.wait_for_results(ids, RESULTS_TIMEOUT_S)
-    return ids
+    return pipeline.warm_up(WARM_UP, first=FEED, timeout_s=RESULTS_TIMEOUT_S)
 
 
 @pytest.mark.parametrize(

@@ -399,18 +399,24 @@ class PipelineFactory:
         triton_url: str | None = None,
         create_topics: bool = True,
         delivery: str = AT_LEAST_ONCE,
+        one_replica: bool = False,
+        prefix: str = "fm",
         **worker_env: str,
     ) -> Pipeline:
         """A pipeline on the given (default: the factory's) broker and Triton; ``worker_env``
         adds ``EMOTION_STREAM_*`` settings for its workers (fast retries by default).
 
         ``delivery`` is the workers' delivery mode. Exactly-once workers each get their
-        own transactional id (``<group>-<worker id>``, the worker's default); a test that
-        restarts *the same replica* passes ``EMOTION_STREAM_TRANSACTIONAL_ID`` itself.
+        own transactional id (``<group>-<worker id>``, the worker's default); with
+        ``one_replica`` every worker of the pipeline shares one
+        (``<name>-replica-0``), as restarts of one replica do. ``prefix`` starts the
+        pipeline's unique name (its topics and group).
         """
         assert delivery in DELIVERY_MODES, delivery
+        name = self.unique_name(prefix)
         worker_env = {"EMOTION_STREAM_DELIVERY": delivery, **worker_env}
-        name = self.unique_name("fm")
+        if one_replica:
+            worker_env["EMOTION_STREAM_TRANSACTIONAL_ID"] = f"{name}-replica-0"
         workdir = self.workdir / name
         workdir.mkdir(parents=True)
         pipeline = Pipeline(

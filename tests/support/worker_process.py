@@ -84,11 +84,14 @@ class WorkerRun:
     log_path: Path
 
     @classmethod
-    def start(cls, name: str, env: dict[str, str], log_path: Path) -> WorkerRun:
-        """Start ``emotion-stream worker`` with ``env``; stdout and stderr to ``log_path``."""
+    def start(
+        cls, name: str, env: dict[str, str], log_path: Path, argv: list[str] | None = None
+    ) -> WorkerRun:
+        """Start ``emotion-stream worker`` (or ``argv``, another way to start it) with
+        ``env``; stdout and stderr to ``log_path``."""
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "emotion_stream.cli", "worker"],
+                argv or [sys.executable, "-m", "emotion_stream.cli", "worker"],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
