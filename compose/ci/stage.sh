@@ -253,7 +253,7 @@ build_images() {
 start_stack() {
   if [[ ! -f "$STANDIN_HF_MODEL/config.json" ]]; then
     "$VENV_BIN/python" -c 'import sys; from pathlib import Path
-from tests.support.model_fixtures import build_tiny_model
+from tests.support.tiny_model import build_tiny_model
 build_tiny_model(Path(sys.argv[1]))' "$STANDIN_HF_MODEL" > "$WORK/tiny-model.log" 2>&1 \
       || die "building the tiny model failed (see $WORK/tiny-model.log)"
   fi

@@ -22,9 +22,8 @@ import contextlib
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
@@ -54,18 +53,6 @@ INPUT_LOCATE_POLLS = 50
 AT_LEAST_ONCE = "at_least_once"
 EXACTLY_ONCE = "exactly_once"
 DELIVERY_MODES = (AT_LEAST_ONCE, EXACTLY_ONCE)
-
-__all__ = [
-    "AT_LEAST_ONCE",
-    "DELIVERY_MODES",
-    "EXACTLY_ONCE",
-    "WORKER_START_TIMEOUT_S",
-    "Pipeline",
-    "PipelineFactory",
-    "WorkerRun",
-    "running_pipeline",
-    "tweet_text",
-]
 
 
 def tweet_text(number: int) -> str:
@@ -353,16 +340,6 @@ class Pipeline:
         self.producer.close(timeout=5)
         self.results.close()
         self.dead_letters.close()
-
-
-@contextlib.contextmanager
-def running_pipeline(**kwargs: Any) -> Iterator[Pipeline]:
-    """A :class:`Pipeline` whose workers are killed and clients closed on exit."""
-    pipeline = Pipeline(**kwargs)
-    try:
-        yield pipeline
-    finally:
-        pipeline.close()
 
 
 # Short backoff so that recovery after an outage is quick to observe.
