@@ -97,8 +97,8 @@ def _outage(
     pipeline: Pipeline,
     worker: WorkerRun,
     feeder: Feeder,
-    begin: Callable[[], None],
-    end: Callable[[], None],
+    begin: Callable[[], object],
+    end: Callable[[], object],
 ) -> None:
     """``begin`` an outage under a running feed, see the worker say not-ready and the feed
     go on for 30 more tweets, ``end`` it and see the worker ready again."""
