@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 from emotion_stream.layout import DEFAULT_MODEL_NAME
+from tests.support.tiny_model import build_bpe_roberta
 
-ROBERTA_LABELS = ("anger", "joy", "optimism", "sadness")
 ROBERTA_VOCAB_SIZE = 50265  # roberta-base's vocabulary (embedding table size)
 BPE_VOCAB_SIZE = 8000  # what 1,421 tweets can train; ids stay inside the 50,265 rows
-MODEL_MAX_TOKENS = 128
+# roberta-base's positions: 512 tokens after the padding index (1).
+ROBERTA_MAX_POSITIONS = 514
 SEED = 6
 # Random weights: agreement says nothing, so the exporter's gate is opened.
 EXPORT_ARGS = ("--min-agreement", "0", "--max-drift", "1", "--parity-sample", "64")
@@ -49,42 +50,14 @@ def is_exported(repository: Path) -> bool:
 
 def build_roberta_base(path: Path, texts: list[str]) -> Path:
     """Write a random-weights RobertaForSequenceClassification (roberta-base shape)."""
-    import torch  # noqa: PLC0415 - only the build needs torch
-    from tokenizers import ByteLevelBPETokenizer  # noqa: PLC0415
-    from transformers import (  # noqa: PLC0415
-        RobertaConfig,
-        RobertaForSequenceClassification,
-        RobertaTokenizerFast,
-    )
-
-    path.mkdir(parents=True, exist_ok=True)
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(
+    return build_bpe_roberta(
+        path,
         texts,
-        vocab_size=BPE_VOCAB_SIZE,
-        min_frequency=1,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-        show_progress=False,
-    )
-    bpe.save_model(str(path))
-    tokenizer = RobertaTokenizerFast(
-        vocab_file=str(path / "vocab.json"),
-        merges_file=str(path / "merges.txt"),
-        model_max_length=MODEL_MAX_TOKENS,
-    )
-    tokenizer.save_pretrained(str(path))
-    labels = dict(enumerate(ROBERTA_LABELS))
-    config = RobertaConfig(
+        bpe_vocab_size=BPE_VOCAB_SIZE,
+        seed=SEED,
         vocab_size=ROBERTA_VOCAB_SIZE,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        num_labels=len(labels),
-        id2label=labels,
-        label2id={v: k for k, v in labels.items()},
+        max_position_embeddings=ROBERTA_MAX_POSITIONS,
     )
-    torch.manual_seed(SEED)
-    RobertaForSequenceClassification(config).eval().save_pretrained(str(path))
-    return path
 
 
 def ensure_repository(

@@ -15,10 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from benchmarks.measure import VariantResult, load_average, process_cpu_seconds
 from compose.embedded import (
@@ -37,6 +33,10 @@ from compose.embedded import (
     TritonServer,
     fetch_kafka_jars,
 )
+from tests.support.network import free_ports
+from tests.support.topics import TopicReader, pace
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerRun, WorkerTopics, worker_environment
 
 PARTITIONS = 3  # as `emotion-stream local up` creates `tweets`
 WORKER_START_TIMEOUT_S = 120.0
@@ -53,28 +53,12 @@ SETTLE_MAX_CORES = 0.1
 SETTLE_WINDOW_S = 1.0
 SETTLE_TIMEOUT_S = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports nothing listens on now (the kernel's picks on 127.0.0.1)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            probe.bind(("127.0.0.1", 0))
-            sockets.append(probe)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"not within {timeout_s:g} s: {what}")
-        time.sleep(POLL_S)
+RESULT_FETCH_MS = 100
+# The benchmark's workers: no metrics server, a throughput line every 10 s.
+BENCHMARK_WORKER_SETTINGS = {
+    "EMOTION_STREAM_METRICS_PORT": "-1",
+    "EMOTION_STREAM_LOG_SUMMARY_INTERVAL_S": "10",
+}
 
 
 @contextlib.contextmanager
@@ -170,30 +154,17 @@ class ResultCollector:
 
     def _run(self) -> None:
         try:
-            consumer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
-                group_id=None,
-                enable_auto_commit=False,
-                isolation_level="read_committed",
-            )
-            try:
-                consumer.assign([TopicPartition(self.topic, p) for p in range(PARTITIONS)])
-                consumer.seek_to_beginning()
+            with TopicReader(self.bootstrap_servers, self.topic, keep=False) as reader:
                 while not self._stop.is_set():
-                    batches = consumer.poll(timeout_ms=100)
+                    records = reader.fetch(timeout_ms=RESULT_FETCH_MS)
                     now = time.time()
                     with self._lock:
-                        for records in batches.values():
-                            for record in records:
-                                result = json.loads(record.value)
-                                self.outcomes.setdefault(
-                                    str(result["id"]),
-                                    Outcome(
-                                        int(result["source"]["timestamp"]), record.timestamp, now
-                                    ),
-                                )
-            finally:
-                consumer.close()
+                        for record in records:
+                            result = json.loads(record.value)
+                            self.outcomes.setdefault(
+                                str(result["id"]),
+                                Outcome(int(result["source"]["timestamp"]), record.timestamp, now),
+                            )
         except BaseException as error:
             self.error = error
 
@@ -208,64 +179,9 @@ class ResultCollector:
         self._thread.join(10)
 
 
-class WorkerProcess:
-    """One ``emotion-stream worker`` run, its log file and its memory."""
-
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "emotion_stream.cli", "worker"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def events(self) -> list[dict[str, object]]:
-        events = []
-        for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    events.append(event)
-        return events
-
-    def ready_with_partitions(self) -> bool:
-        if self.process.poll() is not None:
-            tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
-            raise RuntimeError(f"{self.name} exited {self.process.returncode}:\n" + "\n".join(tail))
-        events = self.events()
-        ready = any(e.get("event") == "readiness" and e.get("ready") is True for e in events)
-        assigned = any(
-            e.get("event") == "partitions assigned" and e.get("partitions") for e in events
-        )
-        return ready and assigned
-
-    def rss_mib(self) -> float | None:
-        try:
-            status = Path(f"/proc/{self.process.pid}/status").read_text()
-        except OSError:
-            return None
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return None
-
-    def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(WORKER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
-
-
-class Pipeline:
-    """Unique topics and group on the broker, N workers, a producer and a result reader."""
+class MeasuredPipeline:
+    """Unique topics and group on the broker, N workers, a producer and a result reader;
+    phases that feed it and time every result."""
 
     def __init__(
         self,
@@ -284,28 +200,21 @@ class Pipeline:
         broker.create_topics(
             {self.input_topic: PARTITIONS, self.output_topic: PARTITIONS, f"{self.run_id}-dlq": 1}
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_STREAM_")}
-        env.update(
-            {
-                "EMOTION_STREAM_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-                "EMOTION_STREAM_INPUT_TOPIC": self.input_topic,
-                "EMOTION_STREAM_OUTPUT_TOPIC": self.output_topic,
-                "EMOTION_STREAM_DLQ_TOPIC": f"{self.run_id}-dlq",
-                "EMOTION_STREAM_CONSUMER_GROUP": f"{self.run_id}-workers",
-                "EMOTION_STREAM_TRITON_URL": triton.grpc_url,
-                "EMOTION_STREAM_MODEL_REPOSITORY": str(repository),
-                "EMOTION_STREAM_METRICS_PORT": "-1",
-                "EMOTION_STREAM_LOG_SUMMARY_INTERVAL_S": "10",
-                "PYTHONUNBUFFERED": "1",
-                "TOKENIZERS_PARALLELISM": "false",
-            }
+        topics = WorkerTopics(
+            self.input_topic, self.output_topic, f"{self.run_id}-dlq", f"{self.run_id}-workers"
         )
-        env.update(worker_env or {})
-        self.worker_env = {k: v for k, v in (worker_env or {}).items()}
+        self.worker_env = dict(worker_env or {})
         self.workers = [
-            WorkerProcess(
+            WorkerRun.start(
                 f"worker-{n}",
-                env | {"EMOTION_STREAM_WORKER_ID": f"{self.run_id}-{n}"},
+                worker_environment(
+                    topics,
+                    bootstrap_servers=self.bootstrap,
+                    triton_url=triton.grpc_url,
+                    model_repository=repository,
+                    worker_id=f"{self.run_id}-{n}",
+                    **{**BENCHMARK_WORKER_SETTINGS, **self.worker_env},
+                ),
                 workdir / f"{self.run_id}-worker-{n}.log",
             )
             for n in range(1, workers + 1)
@@ -323,11 +232,11 @@ class Pipeline:
         snapshot = {
             name: group_cpu_seconds({pgid}) for name, pgid in self.service_groups.items() if pgid
         }
-        snapshot["workers"] = sum(pid_cpu_seconds(w.process.pid) for w in self.workers)
+        snapshot["workers"] = sum(pid_cpu_seconds(w.pid) for w in self.workers)
         snapshot["benchmark (producer + result reader)"] = process_cpu_seconds()
         return snapshot
 
-    def __enter__(self) -> Pipeline:
+    def __enter__(self) -> MeasuredPipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -335,16 +244,17 @@ class Pipeline:
 
     def close(self) -> None:
         for worker in self.workers:
-            worker.stop()
+            worker.stop(WORKER_STOP_TIMEOUT_S)
         self.results.stop()
         self.producer.close(timeout=10)
 
     def start(self) -> None:
         self.results.start()
-        wait_for(
+        wait_until(
             lambda: all(w.ready_with_partitions() for w in self.workers),
             WORKER_START_TIMEOUT_S,
             "workers ready with partitions assigned",
+            interval_s=POLL_S,
         )
         self.phase("warmup", [f"warm-up tweet {n}" for n in range(WARMUP_TWEETS)], rate=None)
 
@@ -361,24 +271,28 @@ class Pipeline:
         started = time.monotonic()
         for index, (tweet_id, text) in enumerate(zip(ids, texts, strict=True)):
             if rate:
-                delay = started + index / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)  # pacing the feed
+                pace(started, index, rate)
             value = json.dumps({"id": tweet_id, "text": text}).encode()
             self.producer.send(self.input_topic, key=tweet_id.encode(), value=value)
         self.producer.flush(timeout=60)
-        deadline = started + timeout_s
         next_sample = 0.0
-        while self.results.count(wanted) < len(wanted):
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{name}: {self.results.count(wanted)}/{len(wanted)} results "
-                    f"after {timeout_s:g} s; worker logs in {self.workers[0].log_path.parent}"
-                )
+
+        def complete() -> bool:
+            nonlocal next_sample
             if time.monotonic() >= next_sample:
                 self.rss.append((time.time(), [w.rss_mib() for w in self.workers]))
                 next_sample = time.monotonic() + RSS_SAMPLE_S
-            time.sleep(POLL_S)
+            return self.results.count(wanted) >= len(wanted)
+
+        wait_until(
+            complete,
+            max(0.0, started + timeout_s - time.monotonic()),
+            lambda: (
+                f"{name}: {self.results.count(wanted)}/{len(wanted)} results after "
+                f"{timeout_s:g} s; worker logs in {self.workers[0].log_path.parent}"
+            ),
+            interval_s=POLL_S,
+        )
         load_after = load_average()
         cpu_after = self.cpu_snapshot()
         elapsed = time.monotonic() - started
@@ -429,21 +343,20 @@ class Pipeline:
             if now >= next_sample:
                 curve.append((round(now - started, 1), worker.rss_mib()))
                 next_sample += sample_s
-            delay = started + index / rate - now
-            if delay > 0:
-                time.sleep(delay)
+            pace(started, index, rate)
             value = json.dumps({"id": tweet_id, "text": texts[index % len(texts)]}).encode()
             self.producer.send(self.input_topic, key=tweet_id.encode(), value=value)
         self.producer.flush(timeout=60)
         wanted = set(ids)
-        deadline = time.monotonic() + max(120.0, count / rate)
-        while self.results.count(wanted) < len(wanted):
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"soak: {self.results.count(wanted)}/{len(wanted)} results; worker logs in "
-                    f"{worker.log_path.parent}"
-                )
-            time.sleep(POLL_S)
+        wait_until(
+            lambda: self.results.count(wanted) >= len(wanted),
+            max(120.0, count / rate),
+            lambda: (
+                f"soak: {self.results.count(wanted)}/{len(wanted)} results; worker logs in "
+                f"{worker.log_path.parent}"
+            ),
+            interval_s=POLL_S,
+        )
         curve.append((round(time.monotonic() - started, 1), worker.rss_mib()))
         elapsed = time.monotonic() - started
         cpu_after = self.cpu_snapshot()

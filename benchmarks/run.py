@@ -35,7 +35,7 @@ from typing import Any
 
 from benchmarks import direct, fidelity, model, report
 from benchmarks.measure import VariantResult, load_average
-from benchmarks.pipeline import Pipeline, group_cpu_seconds, rss_verdict, services
+from benchmarks.pipeline import MeasuredPipeline, group_cpu_seconds, rss_verdict, services
 from benchmarks.tweets import load_corpus
 from emotion_stream.layout import DEFAULT_MODEL_NAME
 
@@ -174,11 +174,13 @@ def run_pipeline(
         pipelines = {"pipeline": worker_env}
         if compare_env:
             pipelines["pipeline-b"] = worker_env | compare_env
-        started: dict[str, Pipeline] = {}
+        started: dict[str, MeasuredPipeline] = {}
         for key, env in pipelines.items():
             say(f"{key}: starting {args.workers} worker(s) {env or ''}")
             started[key] = stack.enter_context(
-                Pipeline(broker, triton, served, logs_dir, workers=args.workers, worker_env=env)
+                MeasuredPipeline(
+                    broker, triton, served, logs_dir, workers=args.workers, worker_env=env
+                )
             )
             started[key].start()
         for key, pipeline in started.items():

@@ -32,6 +32,7 @@ from typing import Any
 
 from benchmarks.model import BPE_VOCAB_SIZE
 from benchmarks.tweets import load_corpus
+from tests.support.tiny_model import train_bpe_tokenizer
 from worker.settings import DEFAULT_MAX_TEXT_BYTES, MODEL_MAX_TOKENS
 from worker.tokenizing import TweetTokenizer
 
@@ -60,24 +61,7 @@ _BUILD_BEFORE = (
 
 def train_tokenizer(path: Path) -> Path:
     """The benchmark's tokenizer (see benchmarks/model.py), saved as transformers does."""
-    from tokenizers import ByteLevelBPETokenizer  # noqa: PLC0415
-    from transformers import RobertaTokenizerFast  # noqa: PLC0415
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(
-        load_corpus().texts,
-        vocab_size=BPE_VOCAB_SIZE,
-        min_frequency=1,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-        show_progress=False,
-    )
-    bpe.save_model(str(path))
-    RobertaTokenizerFast(
-        vocab_file=str(path / "vocab.json"),
-        merges_file=str(path / "merges.txt"),
-        model_max_length=MODEL_MAX_TOKENS,
-    ).save_pretrained(str(path))
-    return path
+    return train_bpe_tokenizer(path, load_corpus().texts, BPE_VOCAB_SIZE)
 
 
 def start_rss(tokenizer_dir: Path) -> dict[str, Any]:

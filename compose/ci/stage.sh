@@ -253,7 +253,7 @@ build_images() {
 start_stack() {
   if [[ ! -f "$STANDIN_HF_MODEL/config.json" ]]; then
     "$VENV_BIN/python" -c 'import sys; from pathlib import Path
-from tests.support.model_fixtures import build_tiny_model
+from tests.support.tiny_model import build_tiny_model
 build_tiny_model(Path(sys.argv[1]))' "$STANDIN_HF_MODEL" > "$WORK/tiny-model.log" 2>&1 \
       || die "building the tiny model failed (see $WORK/tiny-model.log)"
   fi
@@ -279,7 +279,7 @@ build_tiny_model(Path(sys.argv[1]))' "$STANDIN_HF_MODEL" > "$WORK/tiny-model.log
 workers() { compose ps -q --status running worker | wc -l; }
 
 check_stream() {
-  local bootstrap="127.0.0.1:$KAFKA_PORT" check="$VENV_BIN/python $ROOT/compose/ci/stream_check.py"
+  local bootstrap="127.0.0.1:$KAFKA_PORT" check="$VENV_BIN/python -m compose.ci.stream_check"
   log "producing $TWEETS tweets to 2 workers"
   $check tweets "$WORK/tweets-1.jsonl" "$TWEETS" "two-workers"
   "$VENV_BIN/emotion-stream" produce --bootstrap-servers "$bootstrap" "$WORK/tweets-1.jsonl" \

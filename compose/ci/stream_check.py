@@ -1,5 +1,8 @@
 """The Compose stage's end-to-end check: tweets in, one result per tweet id out.
 
+Run from the repository root as ``python -m compose.ci.stream_check`` (it reads the
+output topic with the tests' :class:`tests.support.topics.TopicReader`).
+
 ``tweets OUT COUNT PREFIX`` writes COUNT JSON lines with unique ids for
 ``emotion-stream produce``. ``await`` reads ``emotions`` from the beginning (read
 committed, as ``emotion-stream consume`` does) until every id of the given tweet files
@@ -15,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from kafka import KafkaConsumer
-
 from emotion_stream.topics import EMOTIONS_TOPIC
+from tests.support.topics import TopicReader
 
 # The texts rotate through a few shapes so batches mix lengths.
 SAMPLE_TEXTS = (
@@ -52,25 +54,14 @@ def await_results(
     bootstrap_servers: str, topic: str, wanted: set[str], deadline_s: float
 ) -> tuple[set[str], int]:
     """Ids of ``wanted`` still without a result at the deadline, and results read."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        group_id=None,
-    )
     missing = set(wanted)
     seen = 0
     end = time.monotonic() + deadline_s
-    try:
+    with TopicReader(bootstrap_servers, topic, keep=False) as results:
         while missing and time.monotonic() < end:
-            for records in consumer.poll(timeout_ms=POLL_TIMEOUT_MS).values():
-                for record in records:
-                    seen += 1
-                    missing.discard(str(json.loads(record.value)["id"]))
-    finally:
-        consumer.close()
+            for record in results.fetch(timeout_ms=POLL_TIMEOUT_MS):
+                seen += 1
+                missing.discard(str(json.loads(record.value)["id"]))
     return missing, seen
 
 

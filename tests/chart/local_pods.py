@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.chart.render import Rendered, container
-from tests.support.pipeline import WorkerRun
-from tests.support.service_fixtures import free_port
+from tests.support.network import free_port
+from tests.support.worker_process import WorkerRun
 
 # Secrets that exist in the namespace before the install: name -> key -> bytes.
 NamespaceSecrets = Mapping[str, Mapping[str, bytes]]
@@ -262,9 +261,4 @@ def start(pod: LocalPod, log_dir: Path) -> WorkerRun:
     env.update(pod.env)
     # Four test suites share two cores: keep tokenizer threads from multiplying.
     env.update({"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
-    log_path = log_dir / f"{pod.name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            pod.argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
-    return WorkerRun(pod.name, process, log_path)
+    return WorkerRun.start(pod.name, env, log_dir / f"{pod.name}.log", argv=pod.argv)

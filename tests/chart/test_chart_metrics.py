@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.chart.render import Rendered, render
-from tests.support.pipeline import PipelineFactory, wait_until
+from tests.support.pipeline import PipelineFactory
+from tests.support.waiting import wait_until
 from worker import errors
 
 pytestmark = [pytest.mark.chart, pytest.mark.integration]

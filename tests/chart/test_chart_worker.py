@@ -33,19 +33,18 @@ import pytest
 from compose.embedded import SCRAM_MECHANISM, SECURE_LISTENER
 from tests.chart.local_pods import LocalPod, pods_from, start
 from tests.chart.render import RELEASE, Rendered, render
+from tests.support.delivery import check_delivery
+from tests.support.network import http_status
 from tests.support.pipeline import (
     AT_LEAST_ONCE,
     DELIVERY_MODES,
     EXACTLY_ONCE,
-    WORKER_START_TIMEOUT_S,
     Pipeline,
     PipelineFactory,
-    WorkerRun,
-    check_delivery,
-    http_status,
-    wait_until,
 )
 from tests.support.secure_fixtures import WORKER_USER, SecureKafka, SecureKafkaFactory
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WORKER_START_TIMEOUT_S, WorkerRun
 from worker.cli import EXIT_FATAL
 
 pytestmark = [pytest.mark.chart, pytest.mark.integration]

@@ -18,7 +18,7 @@ from compose.embedded import (
     fetch_kafka_jars,
 )
 from compose.processes import ServiceStartError
-from tests.support.service_fixtures import free_ports
+from tests.support.network import free_ports
 
 pytestmark = pytest.mark.integration
 

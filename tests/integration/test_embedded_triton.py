@@ -14,8 +14,8 @@ from transformers import AutoTokenizer
 from tritonclient.utils import InferenceServerException
 
 from emotion_stream.layout import ATTENTION_MASK, INPUT_IDS, LOGITS, ModelLayout
-from tests.support.model_fixtures import MODEL_MAX_TOKENS, TINY_VOCAB_SIZE, sample_sentences
 from tests.support.service_fixtures import TritonService
+from tests.support.tiny_model import MODEL_MAX_TOKENS, TINY_VOCAB_SIZE, sample_sentences
 
 pytestmark = pytest.mark.integration
 

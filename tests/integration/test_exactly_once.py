@@ -12,21 +12,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
-from tests.support.pipeline import (
-    WORKER_START_TIMEOUT_S,
-    Delivery,
-    Pipeline,
-    check_delivery,
-    duplicates,
-    wait_until,
-)
+from tests.support.delivery import Delivery, check_delivery, duplicates
+from tests.support.pipeline import EXACTLY_ONCE, Pipeline, PipelineFactory
+from tests.support.topics import TopicReader
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WORKER_START_TIMEOUT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,48 +29,29 @@ EXIT_TIMEOUT_S = 90.0
 FEED = 240
 FEED_RATE = 60.0  # tweets/s: the feed spans several commits, so the crash lands mid-stream
 POISON = 4
+UNCOMMITTED_READ_TIMEOUT_S = 120.0
 
 
 @pytest.fixture
-def make_eos_pipeline(
-    kafka_broker: Any,
-    triton_server: Any,
-    tiny_model_repository: Path,
-    unique_name: Callable[[str], str],
-    tmp_path: Path,
-) -> Iterator[Callable[..., Pipeline]]:
+def make_eos_pipeline(make_pipeline: PipelineFactory) -> Callable[..., Pipeline]:
     """Exactly-once pipelines; every worker of one pipeline shares one transactional id,
     as restarts of one replica do."""
-    built: list[Pipeline] = []
 
     def build(*, partitions: int = 3) -> Pipeline:
-        name = unique_name("eos")
-        pipeline = Pipeline(
-            bootstrap_servers=kafka_broker.bootstrap_servers,
-            triton_url=triton_server.grpc_url,
-            model_repository=tiny_model_repository,
-            name=name,
-            workdir=tmp_path,
+        return make_pipeline(
             partitions=partitions,
-            worker_env={
-                "EMOTION_STREAM_DELIVERY": "exactly_once",
-                "EMOTION_STREAM_TRANSACTIONAL_ID": f"{name}-replica-0",
-                # Several transactions per second: a failpoint's n-th hit comes early.
-                "EMOTION_STREAM_COMMIT_INTERVAL_MS": "200",
-                # Batches of at most 32: the default look-ahead (128) would take the backlog
-                # that builds while the worker starts in two or three batches, so the feed
-                # could end before a failpoint's n-th transaction.
-                "EMOTION_STREAM_BATCH_WINDOW": "32",
-                "EMOTION_STREAM_RETRY_BACKOFF_INITIAL_S": "0.1",
-                "EMOTION_STREAM_RETRY_BACKOFF_MAX_S": "1.0",
-            },
+            delivery=EXACTLY_ONCE,
+            one_replica=True,
+            prefix="eos",
+            # Several transactions per second: a failpoint's n-th hit comes early.
+            EMOTION_STREAM_COMMIT_INTERVAL_MS="200",
+            # Batches of at most 32: the default look-ahead (128) would take the backlog
+            # that builds while the worker starts in two or three batches, so the feed
+            # could end before a failpoint's n-th transaction.
+            EMOTION_STREAM_BATCH_WINDOW="32",
         )
-        built.append(pipeline)
-        return pipeline
 
-    yield build
-    for pipeline in built:
-        pipeline.close()
+    return build
 
 
 def _seed_poison(pipeline: Pipeline, count: int) -> None:
@@ -88,28 +63,12 @@ def _seed_poison(pipeline: Pipeline, count: int) -> None:
 
 def _uncommitted_result_ids(pipeline: Pipeline) -> Counter[str]:
     """Results as a read_uncommitted reader sees them: aborted transactions included."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=pipeline.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_uncommitted",
-    )
-    try:
-        partitions = [TopicPartition(pipeline.output_topic, p) for p in range(pipeline.partitions)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(partitions)
-        counts: Counter[str] = Counter()
-        for _ in range(600):  # bounded: at most 600 polls of 200 ms
-            for records in consumer.poll(timeout_ms=200).values():
-                for record in records:
-                    if record.value is not None:  # transaction markers carry none
-                        counts[str(json.loads(record.value)["id"])] += 1
-            if all(consumer.position(tp) >= ends[tp] for tp in partitions):
-                break
-        return counts
-    finally:
-        consumer.close()
+    with TopicReader(
+        pipeline.bootstrap_servers, pipeline.output_topic, isolation_level="read_uncommitted"
+    ) as reader:
+        records = reader.drain(UNCOMMITTED_READ_TIMEOUT_S)
+    # Transaction markers carry no value.
+    return Counter(str(json.loads(r.value)["id"]) for r in records if r.value is not None)
 
 
 def _assert_exactly_once(pipeline: Pipeline, ids: list[str], test: str) -> Delivery:

@@ -19,16 +19,16 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from tests.support.broker_fixtures import KafkaBrokerFactory, KafkaClusterFactory
+from tests.support.delivery import check_delivery
 from tests.support.pipeline import (
     AT_LEAST_ONCE,
     DELIVERY_MODES,
     EXACTLY_ONCE,
     Pipeline,
     PipelineFactory,
-    check_delivery,
-    wait_until,
 )
 from tests.support.secure_fixtures import WORKER_USER, SecureKafkaFactory
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,9 +41,7 @@ EXIT_TIMEOUT_S = 120.0
 
 
 def _warm_up(pipeline: Pipeline) -> list[str]:
-    ids = pipeline.seed(WARM_UP, first=FEED)
-    pipeline.wait_for_results(ids, RESULTS_TIMEOUT_S)
-    return ids
+    return pipeline.warm_up(WARM_UP, first=FEED, timeout_s=RESULTS_TIMEOUT_S)
 
 
 @pytest.mark.parametrize(

@@ -34,15 +34,9 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 from transformers import AutoTokenizer
 
 from emotion_stream.layout import ModelLayout
+from tests.support.delivery import check_dead_letter, check_delivery, dead_letter_headers
 from tests.support.kafka_records import produce_unparsable, produce_with_librdkafka
-from tests.support.pipeline import (
-    DELIVERY_MODES,
-    Pipeline,
-    PipelineFactory,
-    check_dead_letter,
-    check_delivery,
-    dead_letter_headers,
-)
+from tests.support.pipeline import DELIVERY_MODES, Pipeline, PipelineFactory
 from worker.messages import DLQ_DROPPED, DLQ_ORIGINAL_NULL, DLQ_SOURCE_OFFSET
 
 pytestmark = pytest.mark.integration

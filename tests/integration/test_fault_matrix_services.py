@@ -16,13 +16,14 @@ wait is bounded by the constants below.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import skip_or_fail
+from tests.support.delivery import check_dead_letter, check_delivery
 from tests.support.fault_services import (
     ControllableTriton,
     StrictKafka,
@@ -34,11 +35,10 @@ from tests.support.pipeline import (
     EXACTLY_ONCE,
     Pipeline,
     PipelineFactory,
-    WorkerRun,
-    check_dead_letter,
-    check_delivery,
-    wait_until,
 )
+from tests.support.topics import Feeder
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -93,20 +93,21 @@ def strict_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StrictKaf
     broker.stop()
 
 
-def _not_ready(pipeline: Pipeline, worker: WorkerRun) -> None:
-    wait_until(
-        lambda: worker.http_status("/readyz") not in {200, None},
-        OUTAGE_TIMEOUT_S,
-        lambda: f"the worker never reported not-ready\n{pipeline.describe()}",
-    )
-
-
-def _ready(pipeline: Pipeline, worker: WorkerRun) -> None:
-    wait_until(
-        lambda: worker.http_status("/readyz") == 200,
-        OUTAGE_TIMEOUT_S,
-        lambda: f"the worker is not ready again\n{pipeline.describe()}",
-    )
+def _outage(
+    pipeline: Pipeline,
+    worker: WorkerRun,
+    feeder: Feeder,
+    begin: Callable[[], object],
+    end: Callable[[], object],
+) -> None:
+    """``begin`` an outage under a running feed, see the worker say not-ready and the feed
+    go on for 30 more tweets, ``end`` it and see the worker ready again."""
+    begin()
+    sent_at_begin = feeder.sent
+    pipeline.wait_readiness(worker, ready=False, timeout_s=OUTAGE_TIMEOUT_S)
+    wait_until(lambda: feeder.sent >= sent_at_begin + 30, OUTAGE_TIMEOUT_S, "the feeder stalled")
+    end()
+    pipeline.wait_readiness(worker, ready=True, timeout_s=OUTAGE_TIMEOUT_S)
 
 
 @pytest.mark.parametrize("delivery", DELIVERY_MODES)
@@ -119,26 +120,16 @@ def test_triton_killed_restarted_and_model_unloaded_loses_nothing_dead_letters_n
         partitions=3, triton_url=controllable_triton.grpc_url, delivery=delivery
     )
     worker = pipeline.start_worker()
-    warm = pipeline.seed(WARM_UP, first=10_000)
-    pipeline.wait_for_results(warm, RESULTS_TIMEOUT_S)
-    _ready(pipeline, worker)
+    warm = pipeline.warm_up(WARM_UP, first=10_000, timeout_s=RESULTS_TIMEOUT_S)
+    pipeline.wait_readiness(worker, ready=True, timeout_s=OUTAGE_TIMEOUT_S)
 
     feeder = pipeline.feed(400, rate=10.0)  # 40 s, both outages land inside it
     pipeline.wait_for_result_count(WARM_UP + 20, RESULTS_TIMEOUT_S)
 
-    controllable_triton.kill()
-    sent_at_kill = feeder.sent
-    _not_ready(pipeline, worker)
-    wait_until(lambda: feeder.sent >= sent_at_kill + 30, OUTAGE_TIMEOUT_S, "the feeder stalled")
-    controllable_triton.start()
-    _ready(pipeline, worker)
-
-    controllable_triton.unload_model()
-    sent_at_unload = feeder.sent
-    _not_ready(pipeline, worker)
-    wait_until(lambda: feeder.sent >= sent_at_unload + 30, OUTAGE_TIMEOUT_S, "feeder stalled")
-    controllable_triton.load_model()
-    _ready(pipeline, worker)
+    _outage(pipeline, worker, feeder, controllable_triton.kill, controllable_triton.start)
+    _outage(
+        pipeline, worker, feeder, controllable_triton.unload_model, controllable_triton.load_model
+    )
     assert feeder.sent < 400, "both outages should land inside the feed"
 
     feeder.finish()
@@ -151,18 +142,6 @@ def test_triton_killed_restarted_and_model_unloaded_loses_nothing_dead_letters_n
     assert worker.metric("emotion_worker_retries_total") > 0, worker.log_tail()
     reasons = {event.get("reason", "") for event in worker.events("readiness")}
     print(f"[triton-outages] readiness reasons: {sorted(reasons)}")
-
-
-def _published_past_the_commit(pipeline: Pipeline) -> int:
-    """Results out whose input offset the group has not committed: what a restarted worker
-    classifies again (nothing, exactly once: those are in an aborted transaction)."""
-    committed = pipeline.committed_offsets()
-    pipeline.results.drain(SETTLE_TIMEOUT_S)
-    return sum(
-        count
-        for (partition, offset), count in pipeline.results_by_source().items()
-        if offset >= committed.get(partition, 0)
-    )
 
 
 @pytest.mark.parametrize("delivery", DELIVERY_MODES)
@@ -178,8 +157,7 @@ def test_a_model_reloaded_with_other_inputs_stops_the_worker_and_dead_letters_no
         partitions=3, triton_url=controllable_triton.grpc_url, delivery=delivery
     )
     worker = pipeline.start_worker()
-    warm = pipeline.seed(WARM_UP, first=10_000)
-    pipeline.wait_for_results(warm, RESULTS_TIMEOUT_S)
+    warm = pipeline.warm_up(WARM_UP, first=10_000, timeout_s=RESULTS_TIMEOUT_S)
 
     config = controllable_triton.model_config()
     for tensor in config["input"]:
@@ -196,7 +174,7 @@ def test_a_model_reloaded_with_other_inputs_stops_the_worker_and_dead_letters_no
     assert "changed while the worker ran" in worker.log(), worker.log_tail()
     pipeline.dead_letters.drain(SETTLE_TIMEOUT_S)
     assert pipeline.dead_letters.records == [], "the model's change dead-lettered tweets"
-    redo = _published_past_the_commit(pipeline)
+    redo = pipeline.published_past_the_commit(SETTLE_TIMEOUT_S)
 
     # The repository's own configuration again (a plain load of a loaded model whose
     # files did not change keeps the override).

@@ -17,15 +17,10 @@ import json
 
 import pytest
 
-from tests.support.pipeline import (
-    DELIVERY_MODES,
-    WORKER_START_TIMEOUT_S,
-    Pipeline,
-    PipelineFactory,
-    WorkerRun,
-    check_delivery,
-    wait_until,
-)
+from tests.support.delivery import check_delivery
+from tests.support.pipeline import DELIVERY_MODES, Pipeline, PipelineFactory
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,19 +38,8 @@ SESSION_TIMEOUT_S = 45.0
 
 
 def _warm_up(pipeline: Pipeline) -> list[str]:
-    """Seed a few tweets and wait for their results: the group is up and consuming."""
-    ids = pipeline.seed(WARM_UP, first=FEED)  # numbered after the feed, never clashing
-    pipeline.wait_for_results(ids, RESULTS_TIMEOUT_S)
-    return ids
-
-
-def _wait_holding(pipeline: Pipeline, workers: list[WorkerRun]) -> None:
-    """Until each of ``workers`` holds at least one partition (the group has settled)."""
-    wait_until(
-        lambda: all(worker.assigned_partitions() for worker in workers),
-        WORKER_START_TIMEOUT_S,
-        lambda: f"not every worker got partitions\n{pipeline.describe()}",
-    )
+    """A few tweets classified: the group is up and consuming (numbered after the feed)."""
+    return pipeline.warm_up(WARM_UP, first=FEED, timeout_s=RESULTS_TIMEOUT_S)
 
 
 def _stop_politely(pipeline: Pipeline, worker: WorkerRun) -> None:
@@ -73,14 +57,14 @@ def test_sigterm_rolling_restart_makes_no_duplicates(
         partitions=3, delivery=delivery, EMOTION_STREAM_COMMIT_INTERVAL_MS="200"
     )
     old = [pipeline.start_worker(), pipeline.start_worker()]
-    _wait_holding(pipeline, old)
+    pipeline.wait_holding(old)
     warm = _warm_up(pipeline)
 
     feeder = pipeline.feed(FEED, FEED_RATE)
     pipeline.wait_for_result_count(WARM_UP + FEED // 6, RESULTS_TIMEOUT_S)
     for retiring in old:
         replacement = pipeline.start_worker()
-        _wait_holding(pipeline, [replacement])
+        pipeline.wait_holding([replacement])
         _stop_politely(pipeline, retiring)
     assert feeder.sent < FEED, "the restarts came after the feed"
 
@@ -107,7 +91,7 @@ def test_replicas_one_to_three_to_one_while_producing_loses_nothing(
     pipeline.wait_for_result_count(WARM_UP + FEED // 6, RESULTS_TIMEOUT_S)
     added = [pipeline.start_worker(), pipeline.start_worker()]
     group = [first, *added]
-    _wait_holding(pipeline, group)
+    pipeline.wait_holding(group)
     # Each of the three owns one partition now: all of them classify part of the feed.
     wait_until(
         lambda: all(w.metric("emotion_worker_consumed_total") > 0 for w in group),
@@ -137,18 +121,6 @@ CRASH_SETTINGS = {
 CRASH_ON_HIT = 12
 
 
-def _published_past_the_commit(pipeline: Pipeline) -> int:
-    """Results already out whose input offset the group has not committed: exactly what
-    a worker restarting from the committed offsets classifies a second time."""
-    committed = pipeline.committed_offsets()
-    pipeline.results.drain(SETTLE_TIMEOUT_S)
-    return sum(
-        count
-        for (partition, offset), count in pipeline.results_by_source().items()
-        if offset >= committed.get(partition, 0)
-    )
-
-
 @pytest.mark.parametrize("failpoint", ["after_inference", "after_send", "during_commit"])
 def test_sigkill_at_a_failpoint_then_restart_loses_nothing(
     make_pipeline: PipelineFactory, failpoint: str
@@ -161,13 +133,13 @@ def test_sigkill_at_a_failpoint_then_restart_loses_nothing(
     doomed = pipeline.start_worker(EMOTION_STREAM_FAILPOINT=f"{failpoint}:{CRASH_ON_HIT}")
     # Consuming before the feed starts: on a busy machine a slow start-up let the whole
     # feed go out first, and the crash came after it.
-    _wait_holding(pipeline, [doomed])
+    pipeline.wait_holding([doomed])
     feeder = pipeline.feed(FEED, FEED_RATE)
     exit_code = doomed.wait(RESULTS_TIMEOUT_S)
     assert exit_code == -9, doomed.log_tail()
     assert doomed.events("failpoint hit: killing this process with SIGKILL"), doomed.log_tail()
     assert feeder.sent < FEED, "the crash came after the feed"
-    redo = _published_past_the_commit(pipeline)
+    redo = pipeline.published_past_the_commit(SETTLE_TIMEOUT_S)
 
     pipeline.start_worker()  # same settings, no failpoint
     feeder.finish()
@@ -195,7 +167,7 @@ def test_zombie_worker_stopped_past_the_session_timeout_rejoins_without_loss(
         partitions=3, delivery=delivery, EMOTION_STREAM_COMMIT_INTERVAL_MS="200"
     )
     zombie, survivor = pipeline.start_worker(), pipeline.start_worker()
-    _wait_holding(pipeline, [zombie, survivor])
+    pipeline.wait_holding([zombie, survivor])
     warm = _warm_up(pipeline)
 
     feeder = pipeline.feed(FEED, FEED_RATE / 3)  # 90 s: the eviction happens mid-feed
@@ -237,7 +209,7 @@ def test_zombie_worker_stopped_past_the_session_timeout_rejoins_without_loss(
             lambda: f"the zombie's stale commit was not rejected\n{zombie.log_tail()}",
         )
     if zombie.alive():
-        _wait_holding(pipeline, [zombie, survivor])
+        pipeline.wait_holding([zombie, survivor])
     else:
         assert pipeline.exactly_once, "at least once, a zombie rejoins\n" + zombie.log_tail()
         assert zombie.wait(0) == 1, zombie.log_tail()

@@ -23,7 +23,7 @@ from kafka.errors import AuthorizationError
 from tritonclient.utils import InferenceServerException
 
 from compose.certificates import make_ca
-from tests.support.pipeline import WORKER_START_TIMEOUT_S, Pipeline, WorkerRun, wait_until
+from tests.support.pipeline import Pipeline
 from tests.support.secure_fixtures import (
     ADMIN_USER,
     WORKER_USER,
@@ -31,6 +31,8 @@ from tests.support.secure_fixtures import (
     SecureKafkaFactory,
     TlsTriton,
 )
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WORKER_START_TIMEOUT_S, WorkerRun
 from worker.cli import EXIT_BAD_SETTINGS, EXIT_FATAL, EXIT_OK
 
 pytestmark = pytest.mark.integration

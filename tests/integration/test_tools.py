@@ -10,15 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer
 
 from compose.embedded import SCRAM_MECHANISM
 from emotion_stream.cli import main
 from tests.support.secure_fixtures import WORKER_USER, SecureKafkaFactory
+from tests.support.topics import TopicReader
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 CONSUME_IDLE_S = "20"
+# Reading back what a tool produced: seconds when idle, with room for a loaded machine.
+READ_TIMEOUT_S = 60.0
 # A refused login is only seen as a bootstrap that never completes: the tool gives up at
 # its connect timeout; the margin covers closing the client on a busy machine.
 WRONG_LOGIN_TIMEOUT_S = "10"
@@ -36,19 +40,14 @@ def _create_topic(servers: str, topic: str) -> None:
 
 
 def _read_all(servers: str, topic: str, expected: int) -> list[Any]:
-    consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False)
-    try:
-        consumer.assign([TopicPartition(topic, p) for p in (0, 1)])
-        consumer.seek_to_beginning()
-        records: list[Any] = []
-        for _ in range(100):  # bounded: 100 polls of at most 200 ms
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-            if len(records) >= expected:
-                break
-        return records
-    finally:
-        consumer.close()
+    """Every record of ``topic`` once ``expected`` have arrived."""
+    with TopicReader(servers, topic) as reader:
+        wait_until(
+            lambda: reader.poll() >= 0 and len(reader.records) >= expected,
+            READ_TIMEOUT_S,
+            lambda: f"{len(reader.records)} of {expected} records on {topic}",
+        )
+        return reader.records
 
 
 def test_produce_sends_json_and_plain_lines_keyed_by_id(

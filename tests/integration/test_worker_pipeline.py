@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from transformers import AutoTokenizer
 
 from emotion_stream.layout import ModelLayout
+from tests.support.delivery import check_dead_letter
+from tests.support.topics import TopicReader, committed_offsets, end_offsets
+from tests.support.waiting import wait_until
 from worker.app import Worker
-from worker.messages import DLQ_HEADERS
 from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
@@ -34,40 +35,6 @@ pytestmark = pytest.mark.integration
 RESULT_TIMEOUT_S = 120.0
 START_TIMEOUT_S = 120.0
 INPUT_PARTITIONS = 3
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:g} s: {what()}")
-        time.sleep(0.1)
-
-
-@dataclass
-class TopicReader:
-    """Reads a topic from the beginning, keeping every record seen so far."""
-
-    servers: str
-    topic: str
-    records: list[Any] = field(default_factory=list)
-    _consumer: Any = None
-
-    def poll(self) -> list[Any]:
-        if self._consumer is None:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=self.servers, group_id=None, enable_auto_commit=False
-            )
-            partitions = self._consumer.partitions_for_topic(self.topic) or {0}
-            self._consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
-            self._consumer.seek_to_beginning()
-        for batch in self._consumer.poll(timeout_ms=200).values():
-            self.records.extend(batch)
-        return self.records
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
 
 
 @dataclass
@@ -95,9 +62,11 @@ class Running:
         def done() -> bool:
             if self.errors:
                 raise self.errors[0]
+            self.outputs.poll()
+            self.dead_letters.poll()
             return (
-                len(self.outputs.poll()) >= results
-                and len(self.dead_letters.poll()) >= dead_letters
+                len(self.outputs.records) >= results
+                and len(self.dead_letters.records) >= dead_letters
             )
 
         wait_until(
@@ -109,29 +78,19 @@ class Running:
             ),
         )
 
+    def input_partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(self.settings.input_topic, p) for p in range(INPUT_PARTITIONS)]
+
     def committed(self) -> dict[int, int]:
-        group, topic = self.settings.consumer_group, self.settings.input_topic
-        admin = KafkaAdminClient(bootstrap_servers=self.servers)
-        try:
-            partitions = [TopicPartition(topic, p) for p in range(INPUT_PARTITIONS)]
-            offsets = admin.list_group_offsets({group: partitions}).get(group, {})
-        finally:
-            admin.close()
-        return {
-            tp.partition: int(meta.offset)
-            for tp, meta in offsets.items()
-            if meta is not None and meta.offset is not None and meta.offset >= 0
-        }
+        return committed_offsets(
+            self.servers, self.settings.consumer_group, self.input_partitions()
+        )
 
     def end_offsets(self) -> dict[int, int]:
-        consumer = KafkaConsumer(bootstrap_servers=self.servers)
-        try:
-            partitions = [
-                TopicPartition(self.settings.input_topic, p) for p in range(INPUT_PARTITIONS)
-            ]
-            return {tp.partition: o for tp, o in consumer.end_offsets(partitions).items() if o}
-        finally:
-            consumer.close()
+        """Log-end offsets of the input partitions that hold records (as committed() has
+        no entry for a partition never committed)."""
+        ends = end_offsets(self.servers, self.input_partitions())
+        return {partition: offset for partition, offset in ends.items() if offset}
 
     def wait_committed_to_end(self) -> None:
         wait_until(
@@ -297,7 +256,8 @@ def test_poison_goes_to_the_dlq_with_headers_and_is_committed_past(
     assert "plain line with emoji 😂 and RTL שלום" in texts
     assert len(run.outputs.records) == len(good)
 
-    letters = {r.key: r for r in run.dead_letters.poll()}
+    run.dead_letters.poll()
+    letters = {r.key: r for r in run.dead_letters.records}
     assert len(run.dead_letters.records) == len(poison)
     expected = {
         b"p-null": "NullValue",
@@ -308,10 +268,9 @@ def test_poison_goes_to_the_dlq_with_headers_and_is_committed_past(
     }
     for key, value in poison:
         letter = letters[key]
-        headers = {name: v for name, v in letter.headers}
-        assert set(DLQ_HEADERS) <= set(headers)
-        assert headers["dlq.error.class"].decode() == expected[key]
-        assert headers["dlq.source.topic"].decode() == run.settings.input_topic
+        headers = check_dead_letter(
+            letter, error_class=expected[key], source_topic=run.settings.input_topic
+        )
         assert headers["dlq.worker.id"].decode() == run.settings.worker_id
         assert letter.value == value
     _, body = run.http("/metrics")

@@ -32,7 +32,7 @@ from compose.embedded import (
     fetch_kafka_jars,
 )
 from tests.conftest import skip_or_fail
-from tests.support.service_fixtures import free_ports
+from tests.support.network import free_ports
 
 KafkaClusterFactory = Callable[..., KafkaCluster]
 KafkaBrokerFactory = Callable[..., KafkaBroker]

@@ -33,7 +33,7 @@ from compose.embedded import KafkaBroker, KafkaPorts, TritonPorts, TritonServer,
 from compose.processes import wait_until
 from compose.triton_twin.model import PARAM_EXECUTE_DELAY_MS
 from emotion_stream.layout import CONFIG_FILE, ONNX_FILE
-from tests.support.service_fixtures import free_ports
+from tests.support.network import free_ports
 
 MODEL_NAME = "emotion-classifier"
 KILL_WAIT_S = 30.0
@@ -97,8 +97,11 @@ class ControllableTriton(TritonServer):
             config: dict[str, Any] = json.loads(answer.read())
         return config
 
-    def kill(self) -> None:
-        """SIGKILL the server's process group (the server and its backend stubs): a crash."""
+    def kill(self) -> bool:
+        """SIGKILL the server's process group (the server and its backend stubs): a crash.
+
+        ``True``, it was running (as the embedded services' ``kill`` answers); killing a
+        server that is not running is a test's mistake and fails."""
         pid = self.process.recorded_pid()
         assert pid is not None, "Triton is not running"
         # The Python backend's shared-memory regions outlive a killed server: note this
@@ -110,6 +113,7 @@ class ControllableTriton(TritonServer):
         self.process.pid_file.unlink(missing_ok=True)
         for region in regions:
             region.unlink(missing_ok=True)
+        return True
 
 
 def _shared_memory_regions(pid: int) -> set[Path]:

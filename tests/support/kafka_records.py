@@ -53,7 +53,7 @@ def producer_send_checks(record: OutboundRecord) -> None:
     """Run ``KafkaProducer.send``'s own checks on ``record``; raise what it raises."""
     try:
         KafkaProducer.send(
-            _ProducerShell(),  # type: ignore[arg-type]
+            _ProducerShell(),
             record.topic,
             value=record.value,
             key=record.key,
@@ -142,5 +142,8 @@ def produce_with_librdkafka(
         {"bootstrap.servers": servers, "linger.ms": 20, "compression.type": compression}
     )
     for key, value, headers in records:
-        producer.produce(topic, key=key, value=value, headers=headers, partition=0)
+        # librdkafka's stubs take str or bytes header values; the list is rebuilt to that type.
+        producer.produce(
+            topic, key=key, value=value, headers=[(n, v) for n, v in headers], partition=0
+        )
     assert producer.flush(30) == 0, "every record acknowledged"

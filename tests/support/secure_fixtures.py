@@ -43,7 +43,7 @@ from compose.embedded import (
 )
 from tests.conftest import skip_or_fail
 from tests.support.broker_fixtures import KafkaBrokerFactory
-from tests.support.service_fixtures import free_port, free_ports
+from tests.support.network import free_port, free_ports
 
 ADMIN_USER = "admin"
 WORKER_USER = "worker"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +46,7 @@ from compose.embedded import (
 )
 from compose.processes import EmbeddedStackError, wait_until
 from tests.conftest import skip_or_fail
+from tests.support.network import free_ports
 
 BACKEND_ENV = "EMOTION_STREAM_TEST_BACKEND"
 BACKENDS = ("local", "testcontainers", "auto")
@@ -90,23 +90,6 @@ class TritonService(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the kernel's pick on 127.0.0.1)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports."""
-    ports: set[int] = set()
-    for _ in range(count * 10):  # bounded: collisions are rare
-        ports.add(free_port())
-        if len(ports) == count:
-            return sorted(ports)
-    raise RuntimeError(f"could not find {count} distinct free ports")
 
 
 def create_topic(bootstrap_servers: str, name: str, partitions: int = 1) -> None:

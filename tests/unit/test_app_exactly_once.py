@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_app import (
+from tests.support.fakes import (
     FakeClassifier,
     FakePublisher,
     FakeSource,

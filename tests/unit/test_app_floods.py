@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from tests.unit.test_app import FakeSource, record, settings, tweets, wait_for
+from tests.support.fakes import FakeSource, record, settings, tweets, wait_for
 from worker.app import DEAD_LETTER_LOG_BURST, POLL_RETRY_MAX_S, Worker
 from worker.errors import BrokerUnavailable
 from worker.messages import SourceRecord

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_app import LABELS, FakeClassifier, record, tweets, wait_for
+from tests.support.fakes import LABELS, FakeClassifier, record, tweets, wait_for
 from worker.errors import InferenceRejected, ModelChanged, ModelMismatch
 from worker.inference import Classified, ModelSpec
 from worker.tokenizing import EncodedBatch

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.fakes import FakePublisher, Harness, record, tweets, wait_for
 from tests.support.kafka_records import send_checked
-from tests.unit.test_app import FakePublisher, Harness, record, tweets, wait_for
 from tests.unit.test_app_exactly_once import TransactionalPublisher, run_eos  # noqa: F401 — a fixture
 from worker import app as worker_app
 from worker.errors import RecordTooLarge

@@ -39,7 +39,7 @@ from exporter.pipeline import run_export
 from exporter.quantizing import KeepFp32, quantize
 from exporter.repository import file_sha256
 from exporter.runtime import TRITON_MAX_BATCH, Threads, open_session
-from tests.support.model_fixtures import (
+from tests.support.tiny_model import (
     TINY_LABELS,
     TINY_PARITY_SAMPLE,
     build_tiny_model,

@@ -139,7 +139,7 @@ def test_parse_rejects_unknown_names_and_bad_hit_numbers(spec: str, message: str
 # and the source print what reaches them, so the parent sees where the crash landed.
 WORKER_CHILD = """
     import json, sys
-    from tests.unit.test_app import (
+    from tests.support.fakes import (
         LABELS, FakeClassifier, FakePublisher, FakeSource, FakeTokenizer, settings, tweets
     )
     from worker.app import Worker

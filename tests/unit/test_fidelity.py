@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import fidelity
 from emotion_stream.layout import ModelLayout
-from tests.support.model_fixtures import sample_sentences
+from tests.support.tiny_model import sample_sentences
 from worker.tokenizing import TweetTokenizer
 
 

@@ -39,7 +39,7 @@ from exporter.parity import (
 from exporter.quantizing import quantize
 from exporter.runtime import Threads, open_session
 from exporter.texts import BUILT_IN_TEXTS
-from tests.support.model_fixtures import TINY_PARITY_SAMPLE, tiny_export_options
+from tests.support.tiny_model import TINY_PARITY_SAMPLE, tiny_export_options
 
 # A faithful INT8 model moves probabilities by a few hundredths on average.
 GOOD_DRIFT = 0.02

@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import IN_CI
+from tests.support.fakes import LABELS, FakeClassifier, FakeTokenizer
+from tests.support.fakes import settings as worker_settings
 from tests.support.kafka_records import send_checked
-from tests.unit.test_app import LABELS, FakeClassifier, FakeTokenizer
-from tests.unit.test_app import settings as worker_settings
 from worker.app import Worker
 from worker.batching import MicroBatch, PendingTweet
 from worker.errors import PoisonMessage

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
-from tests.unit.test_app import (
+from tests.support.fakes import (
     LABELS,
     FakeClassifier,
     FakePublisher,
@@ -29,7 +29,7 @@ from tests.unit.test_app import (
     tweets,
     wait_for,
 )
-from tests.unit.test_app import settings as worker_settings
+from tests.support.fakes import settings as worker_settings
 from worker.app import Worker
 from worker.cli import EXIT_BAD_SETTINGS, build_settings, main
 from worker.security import (

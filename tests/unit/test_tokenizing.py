@@ -12,14 +12,14 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.support.model_fixtures import _train_tokenizer
+from tests.support.tiny_model import train_tiny_tokenizer
 from worker.tokenizing import CUT_FIRST_PREFIX_CHARS, Padding, TweetTokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tokenizer")
-    _train_tokenizer(path)
+    train_tiny_tokenizer(path)
     return path
 
 
