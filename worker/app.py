@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import random
 import threading
 import time
 from collections import deque
@@ -47,11 +46,12 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import structlog
 
 from worker import failpoints
+from worker.backoff import Backoff
 from worker.batching import MicroBatch, MicroBatcher, PendingTweet
 from worker.errors import (
     FatalError,
@@ -67,10 +67,8 @@ from worker.errors import (
     WorkerError,
 )
 from worker.inference import (
-    Classified,
     ModelSpec,
     Outcome,
-    TritonClassifier,
     classify_planned,
     describe_change,
     label_scores,
@@ -95,9 +93,23 @@ from worker.observability import (
     WorkerMetrics,
 )
 from worker.offsets import CommitTracker, Partition, Ticket
+from worker.ports import (
+    Classifier,
+    ClassifierFactory,
+    Publisher,
+    PublisherFactory,
+    Source,
+    SourceFactory,
+    Tokenizer,
+    TokenizerFactory,
+    Transactions,
+    kafka_publisher,
+    kafka_source,
+    repository_tokenizer,
+    triton_classifier,
+)
 from worker.settings import WorkerSettings
-from worker.tokenizing import EncodedBatch, PlannedBatch, TweetTokenizer
-from worker.transport import KafkaPublisher, KafkaSource, TransactionalPublisher
+from worker.tokenizing import PlannedBatch
 
 log = structlog.get_logger("worker")
 
@@ -130,108 +142,6 @@ POLL_RETRY_MAX_S = 5.0
 # On revocation, sends already made get this long to be acknowledged before the commit
 # (kafka-python's I/O thread waits meanwhile; acks=all on a healthy broker takes ms).
 REVOKE_FLUSH_TIMEOUT_S = 10.0
-
-
-# --- the parts a Worker is built from ----------------------------------------------
-
-
-class Source(Protocol):
-    """The input side (``worker.transport.KafkaSource`` or a test double)."""
-
-    def __enter__(self) -> Source: ...
-    def __exit__(self, *exc: object) -> None: ...
-    def poll(self, timeout_s: float) -> list[SourceRecord]: ...
-    def assignment(self) -> set[Partition]: ...
-    @property
-    def rebalancing(self) -> bool: ...
-    @property
-    def paused(self) -> bool: ...
-    def pause_all(self) -> None: ...
-    def resume_all(self) -> None: ...
-    def seek(self, partition: Partition, offset: int) -> None: ...
-    def commit(self, offsets: dict[Partition, int]) -> bool: ...
-    def lag(self, next_offsets: dict[Partition, int]) -> dict[Partition, int]: ...
-    def membership(self) -> Any: ...
-
-
-class Publisher(Protocol):
-    """The output side (``worker.transport.KafkaPublisher`` or a test double)."""
-
-    def __enter__(self) -> Publisher: ...
-    def __exit__(self, *exc: object) -> None: ...
-    def send(
-        self, record: OutboundRecord, on_done: Callable[[BaseException | None], None]
-    ) -> None: ...
-    def flush(self, timeout_s: float) -> bool: ...
-
-
-@runtime_checkable
-class Transactions(Protocol):
-    """What exactly-once needs of the publisher (``worker.transport.TransactionalPublisher``)."""
-
-    @property
-    def in_transaction(self) -> bool: ...
-    def commit_transaction(self, offsets: dict[Partition, int], membership: Any) -> None: ...
-    def abort_transaction(self) -> None: ...
-
-
-class Classifier(Protocol):
-    """Inference (``worker.inference.TritonClassifier`` or a test double)."""
-
-    model_name: str
-
-    def ensure_ready(self) -> None: ...
-    def load_spec(self) -> ModelSpec: ...
-    def classify(self, batch: EncodedBatch) -> Classified: ...
-    def close(self) -> None: ...
-
-
-class Tokenizer(Protocol):
-    def plan(self, texts: list[str], max_request_size: int) -> PlannedBatch: ...
-
-
-class RebalanceAware(Protocol):
-    def on_assigned(self, partitions: set[Partition]) -> dict[Partition, int]: ...
-    def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]: ...
-    def on_lost(self, partitions: set[Partition]) -> None: ...
-
-
-SourceFactory = Callable[[WorkerSettings, RebalanceAware], Source]
-PublisherFactory = Callable[[WorkerSettings], Publisher]
-ClassifierFactory = Callable[[WorkerSettings], Classifier]
-TokenizerFactory = Callable[[WorkerSettings], Tokenizer]
-
-
-def _kafka_source(settings: WorkerSettings, handler: RebalanceAware) -> Source:
-    return KafkaSource(settings, handler)
-
-
-def _kafka_publisher(settings: WorkerSettings) -> Publisher:
-    if settings.exactly_once:
-        return TransactionalPublisher(settings)
-    return KafkaPublisher(settings)
-
-
-def _triton_classifier(settings: WorkerSettings) -> Classifier:
-    return TritonClassifier.connect(
-        settings.triton_url,
-        settings.model_name,
-        settings.model_version,
-        settings.triton_timeout_s,
-        ssl=settings.triton_ssl,
-        root_certificates=settings.triton_root_certificates,
-        private_key=settings.triton_private_key,
-        certificate_chain=settings.triton_certificate_chain,
-    )
-
-
-def _repository_tokenizer(settings: WorkerSettings) -> Tokenizer:
-    try:
-        return TweetTokenizer.from_directory(
-            settings.layout.tokenizer_dir, settings.max_sequence_length, settings.padding
-        )
-    except (OSError, ValueError) as exc:
-        raise FatalError(f"cannot load the tokenizer: {exc}") from exc
 
 
 # --- the loop's own bookkeeping -----------------------------------------------------
@@ -278,25 +188,6 @@ class PublishFailure:
     """Slim and without the original key: the last resort for a dead letter too large."""
 
 
-class Backoff:
-    """Capped exponential backoff with full jitter."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        cap = min(self.max_s, self.initial_s * 2.0 ** min(self.attempt, 60))
-        self.attempt += 1
-        # Half fixed, half random: never zero, and workers that failed together spread out.
-        return cap / 2 + self._rng.uniform(0, cap / 2)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 class Worker:
     """Consumes tweets, classifies them through Triton, publishes results; see module doc."""
 
@@ -304,10 +195,10 @@ class Worker:
         self,
         settings: WorkerSettings,
         *,
-        source: SourceFactory = _kafka_source,
-        publisher: PublisherFactory = _kafka_publisher,
-        classifier: ClassifierFactory = _triton_classifier,
-        tokenizer: TokenizerFactory = _repository_tokenizer,
+        source: SourceFactory = kafka_source,
+        publisher: PublisherFactory = kafka_publisher,
+        classifier: ClassifierFactory = triton_classifier,
+        tokenizer: TokenizerFactory = repository_tokenizer,
         labels: list[str] | None = None,
     ) -> None:
         self.settings = settings

@@ -31,7 +31,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import kafka
 import kafka.errors
@@ -53,6 +53,9 @@ from worker.errors import (
 from worker.messages import OutboundRecord, SourceRecord
 from worker.offsets import Partition
 from worker.settings import WorkerSettings
+
+if TYPE_CHECKING:  # worker.ports imports this module for its default factories
+    from worker.ports import RebalanceHandler
 
 log = logging.getLogger(__name__)
 
@@ -228,20 +231,6 @@ def translate_kafka_error(exc: BaseException, operation: str) -> WorkerError:
 
 def _partition(tp: Any) -> Partition:
     return (str(tp.topic), int(tp.partition))
-
-
-class RebalanceHandler(Protocol):
-    """What the worker does when partitions move."""
-
-    def on_assigned(self, partitions: set[Partition]) -> dict[Partition, int]:
-        """Note the assignment; return where to re-read partitions whose work was dropped."""
-        ...
-
-    def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]:
-        """Forget the partitions; return the offsets that are complete and may be committed."""
-        ...
-
-    def on_lost(self, partitions: set[Partition]) -> None: ...
 
 
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]

@@ -26,7 +26,8 @@ from tests.support.fakes import (
     tweets,
     wait_for,
 )
-from worker.app import Backoff, Worker
+from worker.app import Worker
+from worker.backoff import Backoff
 from worker.errors import (
     BrokerUnavailable,
     ModelMismatch,
