@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from worker.batching import PAD_MULTIPLE
+from worker.planning import PAD_MULTIPLE
 from worker.tokenizing import EncodedBatch, TweetTokenizer
 
 FIXED_LENGTH = 128

@@ -1,7 +1,7 @@
 """Texts to the two tensors the model takes, with the exported fast tokenizer.
 
 Truncation at ``max_length`` (the model's 128-token limit or lower). :meth:`TweetTokenizer.plan`
-tokenizes a whole batch once and cuts it into requests (:func:`~worker.batching.plan_requests`):
+tokenizes a whole batch once and cuts it into requests (:func:`~worker.planning.plan_requests`):
 ``bucketed`` sorts texts by length so each request holds similar lengths, padded to its
 longest rounded up to a multiple of 8 (the fast path); ``dynamic`` keeps arrival order and
 pads each request to its longest the same way; ``fixed`` always pads to ``max_length`` (the
@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-from worker.batching import PAD_MULTIPLE, padded_width, plan_requests
+from worker.planning import PAD_MULTIPLE, padded_width, plan_requests
 
 Padding = Literal["bucketed", "dynamic", "fixed"]
 TokenArray = npt.NDArray[np.int64]

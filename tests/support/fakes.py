@@ -19,11 +19,11 @@ import numpy as np
 
 from tests.support.waiting import wait_until
 from worker.app import Worker
-from worker.batching import plan_requests
 from worker.errors import InferenceRejected, InferenceUnavailable, RecordTooLarge
 from worker.inference import Classified, ModelSpec, softmax
 from worker.messages import OutboundRecord, SourceRecord
 from worker.offsets import Partition
+from worker.planning import plan_requests
 from worker.settings import WorkerSettings
 from worker.tokenizing import EncodedBatch, PlannedBatch
 

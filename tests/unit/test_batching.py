@@ -8,9 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.batching import MicroBatcher, PendingTweet, PlannedRequest, plan_requests
+from worker.batching import MicroBatcher, PendingTweet
 from worker.messages import InboundTweet, SourceRecord
 from worker.offsets import Ticket
+from worker.planning import PlannedRequest, plan_requests
 
 
 class Clock:
