@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -81,12 +81,20 @@ class EncodedBatch:
         )
 
 
+class EncodedRequest(NamedTuple):
+    """One inference request of a batch, encoded."""
+
+    indices: tuple[int, ...]
+    """Positions in the batch (arrival order) of the request's rows, in row order."""
+    encoded: EncodedBatch
+
+
 @dataclass(frozen=True)
 class PlannedBatch:
-    """A batch cut into encoded requests; ``indices`` map each request's rows to the batch."""
+    """A batch cut into encoded requests; each request's ``indices`` map its rows to the batch."""
 
     size: int
-    requests: tuple[tuple[tuple[int, ...], EncodedBatch], ...]
+    requests: tuple[EncodedRequest, ...]
 
     @property
     def padded_tokens(self) -> int:
@@ -226,7 +234,9 @@ class TweetTokenizer:
         return PlannedBatch(
             size=len(texts),
             requests=tuple(
-                (request.indices, self._pad([ids[i] for i in request.indices], request.width))
+                EncodedRequest(
+                    request.indices, self._pad([ids[i] for i in request.indices], request.width)
+                )
                 for request in requests
             ),
         )

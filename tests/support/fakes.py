@@ -25,7 +25,7 @@ from worker.messages import OutboundRecord, SourceRecord
 from worker.offsets import Partition
 from worker.planning import plan_requests
 from worker.settings import WorkerSettings
-from worker.tokenizing import EncodedBatch, PlannedBatch
+from worker.tokenizing import EncodedBatch, EncodedRequest, PlannedBatch
 
 LABELS = ["anger", "joy", "optimism", "sadness"]
 POISON_TOKEN = 666
@@ -177,7 +177,10 @@ class FakeTokenizer:
         requests = plan_requests([len(t) for t in texts], max_request_size, limit=10_000)
         return PlannedBatch(
             len(texts),
-            tuple((r.indices, self.encode([texts[i] for i in r.indices])) for r in requests),
+            tuple(
+                EncodedRequest(r.indices, self.encode([texts[i] for i in r.indices]))
+                for r in requests
+            ),
         )
 
     def encode(self, texts: list[str]) -> EncodedBatch:

@@ -186,7 +186,7 @@ def test_a_dead_letter_waits_for_earlier_records_still_at_triton(run_eos: Any) -
     h = run_eos({("tweets", 0): records}, classifier=classifier, max_batch_size=4)
     out = publisher_of(h)
     wait_for(lambda: h.worker.tracker.pending_count() == 5, "all five consumed")
-    wait_for(lambda: len(h.worker._held_poison) == 1, "the null record held back")
+    wait_for(lambda: len(h.worker._running.delivery.held) == 1, "the null record held back")
     assert out.sent == []
     classifier.gate.set()
     wait_for(lambda: out.committed_offsets() == {("tweets", 0): 5}, "all five committed")
@@ -261,7 +261,8 @@ def test_losing_a_partition_with_results_in_the_open_transaction_aborts_it(
         commit_interval_ms=60_000,
     )
     out = publisher_of(h)
-    wait_for(lambda: h.worker._last_commit > 0, "the first commit turn")
+    assert h.worker.wait_started(30)
+    wait_for(lambda: h.worker._running.delivery.last_commit > 0, "the first commit turn")
     classifier.gate.set()
     wait_for(lambda: len(out.open_records) == 20, "both partitions sent, uncommitted")
     complete = h.source.revoke(h.worker, ("tweets", 1))

@@ -13,11 +13,12 @@ from typing import Any
 import structlog
 
 from tests.support.fakes import FakeSource, record, settings, tweets, wait_for
-from worker.app import DEAD_LETTER_LOG_BURST, POLL_RETRY_MAX_S, Worker
+from worker.app import POLL_RETRY_MAX_S, Worker
 from worker.errors import BrokerUnavailable
 from worker.messages import SourceRecord
 from worker.observability import LogRateLimit
 from worker.offsets import Partition
+from worker.publishing import DEAD_LETTER_LOG_BURST
 
 POISON = 600
 

@@ -21,10 +21,12 @@ from tests.support.fakes import FakePublisher, Harness, record, tweets, wait_for
 from tests.support.kafka_records import send_checked
 from tests.unit.test_app_exactly_once import TransactionalPublisher, run_eos  # noqa: F401 — a fixture
 from worker import app as worker_app
+from worker import publishing
 from worker.errors import RecordTooLarge
 from worker.messages import (
     DLQ_DROPPED,
     DLQ_ORIGINAL_NULL,
+    ClassifiedTweet,
     DeadLetter,
     OutboundRecord,
     SourceRecord,
@@ -237,10 +239,11 @@ def test_an_unexpected_exception_dead_letters_only_its_record_as_unprocessable(
         return call
 
     if patch == "from_scores":
-        real = worker_app.ClassifiedTweet.from_scores
-        monkeypatch.setattr(worker_app.ClassifiedTweet, "from_scores", failing(real))
+        real = ClassifiedTweet.from_scores
+        monkeypatch.setattr(ClassifiedTweet, "from_scores", failing(real))
     else:
-        monkeypatch.setattr(worker_app, patch, failing(getattr(worker_app, patch)))
+        module = {"decode": worker_app, "result_record": publishing}[patch]
+        monkeypatch.setattr(module, patch, failing(getattr(module, patch)))
     records = [
         record(0, i, json.dumps({"id": f"t{i}", "text": "cursed" if i == 2 else "ok"}).encode())
         for i in range(5)

@@ -36,6 +36,7 @@ from tests.support.kafka_records import send_checked
 from worker.app import Worker
 from worker.batching import MicroBatch, PendingTweet
 from worker.errors import PoisonMessage
+from worker.inflight import Inferred
 from worker.messages import (
     DLQ_DROPPED,
     DLQ_HEADERS,
@@ -239,16 +240,16 @@ def through_the_worker(
 ) -> tuple[SourceRecord, list[OutboundRecord]]:
     """Decode, then publish a result or dead-letter, as the loop does; what was sent."""
     publisher = CheckedPublisher()
-    worker._publisher = publisher  # type: ignore[assignment]
+    out = worker._publishing(publisher, LABELS, on_sent=lambda ticket: None)
     offset = _offsets[consumed.partition] = _offsets.get(consumed.partition, -1) + 1
     record = SourceRecord.from_kafka(ConsumedRecord(**{**consumed.__dict__, "offset": offset}))
     ticket = worker.tracker.track((record.topic, record.partition), record.offset)
     outcome = worker._decode(record)
     if isinstance(outcome, PoisonMessage):
-        worker._dead_letter(record, outcome, ticket)
+        out.dead_letter(record, outcome, ticket)
     else:
         batch = MicroBatch((PendingTweet(outcome, ticket, time.monotonic()),))
-        worker._publish(batch, [PROBABILITIES], "1", 0.01)
+        out.publish(batch, Inferred([PROBABILITIES], "1", 0.01))
     assert worker.tracker.pending_count() == 0, "the record's offset is done"
     return record, publisher.sent
 
@@ -295,7 +296,7 @@ def through_the_worker_unparsable(
 ) -> tuple[SourceRecord, list[OutboundRecord]]:
     """As KafkaSource.poll hands over a record the client could not parse."""
     publisher = CheckedPublisher()
-    worker._publisher = publisher  # type: ignore[assignment]
+    out = worker._publishing(publisher, LABELS, on_sent=lambda ticket: None)
     offset = _offsets[consumed.partition] = _offsets.get(consumed.partition, -1) + 1
     record = SourceRecord(
         "tweets", consumed.partition, offset, None, None, None, (), "CorruptRecordError: x"
@@ -303,7 +304,7 @@ def through_the_worker_unparsable(
     ticket = worker.tracker.track((record.topic, record.partition), record.offset)
     outcome = worker._decode(record)
     assert isinstance(outcome, PoisonMessage)
-    worker._dead_letter(record, outcome, ticket)
+    out.dead_letter(record, outcome, ticket)
     return record, publisher.sent
 
 
