@@ -312,7 +312,7 @@ def test_termination_grace_outlasts_the_worker_drain(
     FLUSH_TIMEOUT_S, the commit, and the clients' close: Kubernetes must not SIGKILL
     before that."""
     triton_timeout = WorkerSettings.model_fields["triton_timeout_s"].default
-    producer_close_s = 5  # transport.py: producer.close(timeout=5)
+    producer_close_s = 5  # worker/transport/publisher.py: producer.close(timeout=5)
     drain = min(triton_timeout, FLUSH_TIMEOUT_S) + FLUSH_TIMEOUT_S + producer_close_s
     for (name, _), objects in matrix.items():
         grace = objects.worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

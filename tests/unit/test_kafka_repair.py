@@ -31,7 +31,7 @@ from kafka.protocol.sasl import SaslAuthenticateResponse, SaslHandshakeResponse
 from compose.certificates import make_server_certificate
 from worker import kafka_repair
 from worker.errors import BrokerUnavailable, FatalError
-from worker.transport import PRODUCER_START, _login_failures, translate_kafka_error
+from worker.transport.translation import PRODUCER_START, _login_failures, translate_kafka_error
 
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 SASL_AUTHENTICATION_FAILED = 58

@@ -59,7 +59,7 @@ def test_a_bootstrap_timeout_after_a_refused_login_is_fatal_and_names_the_settin
     """kafka-python only logs the refusal and then times out: that must not read as an outage."""
     import logging  # noqa: PLC0415 - local to this test
 
-    from worker import transport  # noqa: PLC0415
+    from worker.transport import translation  # noqa: PLC0415
 
     timeout = kafka.errors.KafkaTimeoutError("Unable to bootstrap from 127.0.0.1:9093")
     assert isinstance(translate_kafka_error(timeout, "consumer start"), BrokerUnavailable)
@@ -75,7 +75,7 @@ def test_a_bootstrap_timeout_after_a_refused_login_is_fatal_and_names_the_settin
         # Past the start, a timeout (a broker restarting) stays an outage to retry.
         assert isinstance(translate_kafka_error(timeout, "send to emotions"), BrokerUnavailable)
     finally:
-        transport._login_failures.forget()  # later tests must see a plain timeout
+        translation._login_failures.forget()  # later tests must see a plain timeout
 
 
 def test_the_refusal_is_seen_whatever_the_log_level(caplog: pytest.LogCaptureFixture) -> None:
@@ -83,7 +83,7 @@ def test_the_refusal_is_seen_whatever_the_log_level(caplog: pytest.LogCaptureFix
     worker's ``LOG_LEVEL=error``) the watch still sees it, and the line stays unlogged."""
     import logging  # noqa: PLC0415 - local to this test
 
-    from worker import transport  # noqa: PLC0415
+    from worker.transport import translation  # noqa: PLC0415
 
     root = logging.getLogger()
     level = root.level
@@ -99,14 +99,14 @@ def test_the_refusal_is_seen_whatever_the_log_level(caplog: pytest.LogCaptureFix
         assert "Bootstrap connection" not in caplog.text, "filtered as the root level says"
     finally:
         root.setLevel(level)
-        transport._login_failures.forget()
+        translation._login_failures.forget()
 
 
 def test_a_refused_broker_certificate_counts_as_a_refused_login() -> None:
     import logging  # noqa: PLC0415 - local to this test
     import ssl  # noqa: PLC0415
 
-    from worker import transport  # noqa: PLC0415
+    from worker.transport import translation  # noqa: PLC0415
 
     try:
         # As kafka-python raises it: inside the handler of the ssl error.
@@ -120,7 +120,7 @@ def test_a_refused_broker_certificate_counts_as_a_refused_login() -> None:
         assert "certificate verify failed" in str(error)
         assert "EMOTION_STREAM_SSL_CAFILE" in str(error)
     finally:
-        transport._login_failures.forget()
+        translation._login_failures.forget()
 
 
 def _publisher() -> TransactionalPublisher:
@@ -284,9 +284,9 @@ def test_a_producer_start_that_times_out_is_retried_not_aborted() -> None:
 def test_a_commit_or_abort_the_broker_never_answers_stops_the_worker_instead_of_hanging(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from worker import transport  # noqa: PLC0415
+    from worker.transport import transactions  # noqa: PLC0415
 
-    monkeypatch.setattr(transport, "TRANSACTION_CALL_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(transactions, "TRANSACTION_CALL_TIMEOUT_S", 0.2)
     producer = _FakeTransactionalProducer()
     producer.unanswered = threading.Event()
     publisher = _with_producer(producer)
