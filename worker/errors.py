@@ -29,7 +29,7 @@ class TransientError(WorkerError):
     """Retry later: backing off and trying the same records again may succeed."""
 
 
-class InferenceUnavailable(TransientError):  # noqa: N818 — domain name, the type is the policy
+class InferenceUnavailable(TransientError):
     """Triton cannot answer now (unreachable, model not ready, deadline, overloaded)."""
 
     def __init__(self, status: str, detail: str) -> None:
@@ -38,7 +38,7 @@ class InferenceUnavailable(TransientError):  # noqa: N818 — domain name, the t
         super().__init__(f"Triton unavailable ({status}): {detail}")
 
 
-class BrokerUnavailable(TransientError):  # noqa: N818 — domain name, the type is the policy
+class BrokerUnavailable(TransientError):
     """A Kafka operation failed with an error the broker says is retriable."""
 
     def __init__(self, operation: str, detail: str) -> None:
@@ -47,7 +47,7 @@ class BrokerUnavailable(TransientError):  # noqa: N818 — domain name, the type
         super().__init__(f"Kafka {operation} failed, will retry: {detail}")
 
 
-class ModelInputsChanged(TransientError):  # noqa: N818 — domain name, the type is the policy
+class ModelInputsChanged(TransientError):
     """The served model's inputs changed under the worker to ones it can send (e.g. INT64
     to INT32): the rejected request is retried with them, never dead-lettered."""
 
@@ -57,7 +57,7 @@ class ModelInputsChanged(TransientError):  # noqa: N818 — domain name, the typ
         super().__init__(f"model {model!r} changed while the worker ran ({change}); retrying")
 
 
-class TransactionAborted(TransientError):  # noqa: N818 — domain name, the type is the policy
+class TransactionAborted(TransientError):
     """Exactly-once: the open transaction cannot commit (a send failed, the group moved on).
 
     Abort it and re-read every partition from its last committed offset.
@@ -72,7 +72,7 @@ class TransactionAborted(TransientError):  # noqa: N818 — domain name, the typ
 # --- dead-letter ------------------------------------------------------------------
 
 
-class PoisonMessage(WorkerError):  # noqa: N818 — domain name, the type is the policy
+class PoisonMessage(WorkerError):
     """This record can never be classified; it goes to the dead-letter topic."""
 
 
@@ -219,7 +219,7 @@ class FatalError(WorkerError):
     """The worker cannot continue as configured; it stops with this message."""
 
 
-class ModelMismatch(FatalError):  # noqa: N818 — domain name, the type is the policy
+class ModelMismatch(FatalError):
     """The served model does not accept what the worker sends, or labels disagree."""
 
     def __init__(self, model: str, problem: str) -> None:
@@ -241,7 +241,7 @@ class ModelChanged(ModelMismatch):
         )
 
 
-class PublishFailed(FatalError):  # noqa: N818 — domain name, the type is the policy
+class PublishFailed(FatalError):
     """The broker refused a write for a reason retrying will not fix."""
 
     def __init__(self, topic: str, detail: str) -> None:
@@ -249,7 +249,7 @@ class PublishFailed(FatalError):  # noqa: N818 — domain name, the type is the 
         super().__init__(f"cannot publish to {topic!r}: {detail}")
 
 
-class ProducerFenced(FatalError):  # noqa: N818 — domain name, the type is the policy
+class ProducerFenced(FatalError):
     """Exactly-once: a newer producer with our transactional id took over (a restarted or
     duplicated replica). This instance must stop: its open transaction is already aborted."""
 

@@ -61,7 +61,7 @@ def _is_fenced(exc: BaseException | None) -> bool:
     return False
 
 
-class _CallTimedOut(FatalError):  # noqa: N818 — a FatalError: the policy is the type
+class _CallTimedOut(FatalError):
     def __init__(self, operation: str, timeout_s: float) -> None:
         super().__init__(
             f"Kafka transaction {operation} got no answer within {timeout_s:g} s (broker or "
