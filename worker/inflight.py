@@ -19,7 +19,13 @@ from typing import Any, NamedTuple
 
 from worker.backoff import Backoff
 from worker.batching import MicroBatch, MicroBatcher
-from worker.errors import ModelChanged, ModelInputsChanged, ModelMismatch, TransientError
+from worker.errors import (
+    InferenceRejected,
+    ModelChanged,
+    ModelInputsChanged,
+    ModelMismatch,
+    TransientError,
+)
 from worker.inference import ModelSpec, Outcome, classify_planned, describe_change
 from worker.observability import WorkerMetrics
 from worker.offsets import Partition
@@ -70,6 +76,11 @@ class InferenceJob:
         outcomes, version = classify_planned(
             self._classifier.classify, planned, lambda: self._check_unchanged(sent_with)
         )
+        if self.spec is not sent_with and any(isinstance(o, InferenceRejected) for o in outcomes):
+            # Another thread adapted to new inputs while this batch was at Triton: its
+            # rejections may be the old inputs', not the texts'. Send it again as it is now.
+            describe = describe_change(sent_with, self.spec) or "inputs re-read"
+            raise ModelInputsChanged(sent_with.name, describe)
         return Inferred(outcomes, version, time.perf_counter() - started)
 
     def _check_unchanged(self, sent_with: ModelSpec) -> None:

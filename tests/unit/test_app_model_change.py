@@ -121,3 +121,51 @@ def test_texts_the_unchanged_model_rejects_are_still_dead_lettered(run_worker: A
     h.stop()
     assert len(h.dead_letters()) == 3 and h.outputs() == []
     assert classifier.spec_reads >= 2  # start-up, and the re-read that found no change
+
+
+class ReloadedDuringABisection(ReloadedClassifier):
+    """The model is replaced before any request; the first batch rejected is bisected
+    under the old inputs until ``stall_after`` of its requests were rejected, then waits
+    until the other batch's thread has adapted the worker to the new inputs: its remaining
+    requests succeed, so it ends with some texts rejected and some classified."""
+
+    def __init__(self, stall_after: int) -> None:
+        super().__init__(serve_first=0, new=ModelSpec("emotion-classifier", 64, NEW_INPUTS, 4))
+        self.stall_after = stall_after
+        self.stalled: int | None = None  # the stalled thread's ident
+        self.rejected_in_stalled = 0
+        self.adapted_during_the_stall = False
+
+    def classify(self, batch: EncodedBatch) -> Classified:
+        me = threading.get_ident()
+        with self.lock:
+            if self.stalled is None and not self.adapted.is_set():
+                self.stalled = me
+            stall = me == self.stalled and self.rejected_in_stalled == self.stall_after
+        if stall:
+            # Bounded: the other inference thread adapts within a few rejected requests.
+            self.adapted_during_the_stall = self.adapted.wait(20)
+        try:
+            return super().classify(batch)
+        except InferenceRejected:
+            if me == self.stalled:
+                with self.lock:
+                    self.rejected_in_stalled += 1
+            raise
+
+
+def test_rejections_seen_before_another_thread_adapted_the_inputs_are_retried_not_dead_lettered(
+    run_worker: Any,
+) -> None:
+    # Eight texts bisect as [0-8] [0-4] [0-2] [0] [1] [2-4] ...: after five rejected
+    # requests texts 0 and 1 stand rejected alone, and the rest would be classified after
+    # the other thread adapted: a mixed batch whose rejections are the model's doing.
+    classifier = ReloadedDuringABisection(stall_after=5)
+    h = run_worker(
+        {("tweets", 0): tweets(0, 16)}, classifier, max_batch_size=8, max_batch_wait_ms=200
+    )
+    wait_for(lambda: h.source.committed() == {("tweets", 0): 16}, "all committed")
+    h.stop()
+    assert classifier.adapted_during_the_stall, "the race was not staged"
+    assert h.dead_letters() == []
+    assert sorted(o["id"] for o in h.outputs()) == sorted(f"p0-{n}" for n in range(16))
