@@ -13,9 +13,10 @@ undecodable records are held back until every earlier record of their partition 
 sent), then commits records and consumer offsets together. A failed send, a stale group
 generation or a broker error aborts the transaction and re-reads every partition from
 its last committed offset; losing a partition whose results are in the open transaction
-aborts it too, so the old owner never commits work a new owner redoes. Fencing by a
-newer producer with the same transactional id ends ``run()``
-(:class:`~worker.errors.ProducerFenced`).
+aborts it too, so the old owner never commits work a new owner redoes. A commit without
+an answer (:class:`~worker.errors.TransactionOutcomeUnknown`) re-reads from the offsets
+committed on the broker instead: it may have gone through. Fencing by a newer producer
+with the same transactional id ends ``run()`` (:class:`~worker.errors.ProducerFenced`).
 
 Both modes pause reading after a re-read for a capped backoff (the loop keeps polling, so
 neither liveness nor ``max.poll.interval`` runs out): re-reading at once would resend
@@ -32,7 +33,13 @@ from typing import Any, NamedTuple, Protocol
 
 from worker import failpoints
 from worker.backoff import Backoff
-from worker.errors import FatalError, PoisonMessage, TransactionAborted, TransientError
+from worker.errors import (
+    FatalError,
+    PoisonMessage,
+    TransactionAborted,
+    TransactionOutcomeUnknown,
+    TransientError,
+)
 from worker.messages import SourceRecord
 from worker.observability import WorkerMetrics
 from worker.offsets import CommitTracker, Partition, Ticket
@@ -385,6 +392,9 @@ class ExactlyOnce(_Mode):
         self._transactions.abort_transaction()
         self._txn_partitions.clear()
         self._loop.discard_failed_sends()  # failures of the aborted sends: moot now
+        if isinstance(error, TransactionOutcomeUnknown):
+            # The commit may have gone through: resume from the broker's offsets, not ours.
+            self._tracker.committed(self._source.committed_offsets(self._tracker.partitions()))
         points: dict[Partition, int] = {}
         for partition in self._tracker.partitions():
             point = self._tracker.rewind_to_committed(partition)

@@ -69,6 +69,27 @@ class TransactionAborted(TransientError):
         super().__init__(f"Kafka transaction {operation} failed, aborting: {detail}")
 
 
+class TransactionOutcomeUnknown(TransactionAborted):
+    """Exactly-once: a transactional call (offsets into the transaction, commit, abort) got
+    no answer, so whether the transaction committed is unknown.
+
+    The producer that made the call is replaced by one with the same transactional id,
+    whose ``init_transactions`` settles the transaction on the broker (rolled forward if it
+    had reached prepare-commit, else aborted). Re-read every partition from the offsets the
+    group has committed *on the broker*, not from the last commit the worker saw: the
+    commit may have gone through.
+    """
+
+    def __init__(self, operation: str, detail: str) -> None:
+        self.operation = operation
+        self.detail = detail
+        TransientError.__init__(
+            self,
+            f"Kafka transaction {operation} got no answer, its outcome is unknown ({detail}); "
+            "settled by a new producer, re-reading from the offsets committed on the broker",
+        )
+
+
 # --- dead-letter ------------------------------------------------------------------
 
 

@@ -121,6 +121,10 @@ class FakeSource:
             merged.update(commit)
         return merged
 
+    def committed_offsets(self, partitions: set[Partition]) -> dict[Partition, int]:
+        """The group's committed offsets of ``partitions``, as the broker would answer."""
+        return {p: o for p, o in self.committed().items() if p in partitions}
+
     def lag(self, next_offsets: dict[Partition, int]) -> dict[Partition, int]:
         return {}
 

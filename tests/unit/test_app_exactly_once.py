@@ -20,7 +20,12 @@ from tests.support.fakes import (
     tweets,
     wait_for,
 )
-from worker.errors import BrokerUnavailable, ProducerFenced, TransactionAborted
+from worker.errors import (
+    BrokerUnavailable,
+    ProducerFenced,
+    TransactionAborted,
+    TransactionOutcomeUnknown,
+)
 from worker.inference import Classified
 from worker.messages import OutboundRecord
 from worker.offsets import Partition
@@ -30,7 +35,13 @@ MEMBERSHIP = "generation-7"
 
 
 class TransactionalSource(FakeSource):
-    """A source whose consumer must never commit by itself in exactly-once mode."""
+    """A source whose consumer must never commit by itself in exactly-once mode; the
+    group's committed offsets are those of the transactions ``broker`` committed."""
+
+    def __init__(self, records: dict[Partition, list[Any]]) -> None:
+        super().__init__(records)
+        self.broker: TransactionalPublisher | None = None
+        self.committed_reads: list[dict[Partition, int]] = []
 
     def membership(self) -> Any:
         return MEMBERSHIP
@@ -38,16 +49,30 @@ class TransactionalSource(FakeSource):
     def commit(self, offsets: dict[Partition, int]) -> bool:
         raise AssertionError("exactly-once commits offsets only inside transactions")
 
+    def committed_offsets(self, partitions: set[Partition]) -> dict[Partition, int]:
+        assert self.broker is not None
+        found = {p: o for p, o in self.broker.committed_offsets().items() if p in partitions}
+        self.committed_reads.append(found)
+        return found
+
 
 class TransactionalPublisher(FakePublisher):
     """Records of the open transaction stay invisible until it commits, as for a
     read_committed reader; an abort throws them away."""
 
-    def __init__(self, fail_sends: int = 0, fail_commits: int = 0, fenced: bool = False) -> None:
+    def __init__(
+        self,
+        fail_sends: int = 0,
+        fail_commits: int = 0,
+        fenced: bool = False,
+        unanswered_commits: tuple[bool, ...] = (),
+    ) -> None:
         super().__init__()
         self.fail_sends = fail_sends
         self.fail_commits = fail_commits
         self.fenced = fenced
+        # Commits (with results) that get no answer, in turn; True: it went through anyway.
+        self.unanswered_commits = list(unanswered_commits)
         self.open_records: list[OutboundRecord] = []
         self.visible: list[OutboundRecord] = []
         self.transactions: list[dict[Partition, int]] = []
@@ -77,10 +102,17 @@ class TransactionalPublisher(FakePublisher):
             if self.fail_commits > 0:
                 self.fail_commits -= 1
                 raise TransactionAborted("commit", "stale generation")
-            self.visible.extend(self.open_records)
+            unanswered = bool(self.open_records) and bool(self.unanswered_commits)
+            went_through = self.unanswered_commits.pop(0) if unanswered else True
+            if went_through:
+                self.visible.extend(self.open_records)
+                self.transactions.append(dict(offsets))
             self.open_records.clear()
-            self.transactions.append(dict(offsets))
             self._open = False
+            if unanswered:
+                # As the transport: a new producer settled the transaction (rolled forward
+                # or aborted); nothing is open any more, and the worker cannot tell which.
+                raise TransactionOutcomeUnknown("commit", "no answer within 30 s")
 
     def abort_transaction(self) -> None:
         with self.lock:
@@ -122,11 +154,13 @@ def run_eos(run_worker: Callable[..., Harness]) -> Callable[..., Harness]:
         classifier: FakeClassifier | None = None,
         **overrides: Any,
     ) -> Harness:
+        source = TransactionalSource(records)
+        source.broker = publisher = publisher or TransactionalPublisher()
         return run_worker(
             records,
             classifier,
-            source=TransactionalSource(records),
-            publisher=publisher or TransactionalPublisher(),
+            source=source,
+            publisher=publisher,
             delivery="exactly_once",
             **overrides,
         )
@@ -236,6 +270,31 @@ def test_a_rejected_commit_aborts_and_rereads_without_duplicates(run_eos: Any) -
     assert len(counts) == 42 and set(counts.values()) == {1}
     assert out.aborts == 2
     assert len(out.sent) > 42  # the aborted transactions' records were sent, then redone
+
+
+@pytest.mark.parametrize("went_through", [True, False], ids=["committed", "aborted"])
+def test_a_commit_without_an_answer_rereads_from_the_offsets_the_broker_committed(
+    run_eos: Any, went_through: bool
+) -> None:
+    # Batches of 8, a commit every turn: the unanswered commit holds results of both
+    # partitions, and later ones follow. Had it gone through, re-reading from the worker's
+    # own last commit would publish its results twice; had it not, skipping them loses them.
+    out = TransactionalPublisher(unanswered_commits=(went_through,))
+    h = run_eos(
+        {("tweets", 0): tweets(0, 40), ("tweets", 1): tweets(1, 24)},
+        publisher=out,
+        max_batch_size=8,
+    )
+    ends = {("tweets", 0): 40, ("tweets", 1): 24}
+    wait_for(lambda: out.committed_offsets() == ends, "all committed")
+    h.stop()
+    counts = visible_ids(h)
+    assert len(counts) == 64 and set(counts.values()) == {1}, counts.most_common(3)
+    source = h.source
+    assert isinstance(source, TransactionalSource)
+    assert len(source.committed_reads) == 1  # read once, after the unanswered commit
+    assert h.worker.metrics.retries.labels(reason="TransactionOutcomeUnknown")._value.get() == 1
+    assert not out.unanswered_commits and not h.dead_letters()
 
 
 def test_a_fenced_producer_stops_the_worker_with_nothing_committed(run_eos: Any) -> None:

@@ -20,6 +20,7 @@ from worker.errors import (
     ProducerFenced,
     RecordTooLarge,
     TransactionAborted,
+    TransactionOutcomeUnknown,
     TransientError,
 )
 from worker.messages import OutboundRecord
@@ -184,12 +185,16 @@ class _FakeTransactionalProducer:
         self.futures: list[_FakeFuture] = []
         # Set to hold commit and abort as kafka-python does while the broker is away.
         self.unanswered: threading.Event | None = None
+        # What init_transactions raises, one per call, before it succeeds.
+        self.init_failures: list[Exception] = []
 
     def begin_transaction(self) -> None:
         self.calls.append("begin")
 
     def init_transactions(self) -> None:
         self.calls.append("init")
+        if self.init_failures:
+            raise self.init_failures.pop(0)
 
     def close(self, timeout: float | None = None) -> None:
         self.calls.append("close")
@@ -281,25 +286,140 @@ def test_a_producer_start_that_times_out_is_retried_not_aborted() -> None:
     assert type(translated) is BrokerUnavailable
 
 
-def test_a_commit_or_abort_the_broker_never_answers_stops_the_worker_instead_of_hanging(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _settling_publisher(
+    monkeypatch: pytest.MonkeyPatch, hung: _FakeTransactionalProducer
+) -> tuple[TransactionalPublisher, list[_FakeTransactionalProducer]]:
+    """A publisher whose producer is ``hung``; the producers it makes after it, listed."""
     from worker.transport import transactions  # noqa: PLC0415
 
     monkeypatch.setattr(transactions, "TRANSACTION_CALL_TIMEOUT_S", 0.2)
-    producer = _FakeTransactionalProducer()
-    producer.unanswered = threading.Event()
-    publisher = _with_producer(producer)
+    publisher = TransactionalPublisher(
+        WorkerSettings(
+            delivery="exactly_once",
+            transactional_id="w-1",
+            retry_backoff_initial_s=0.01,
+            retry_backoff_max_s=0.02,
+        ),
+        lambda topics: {},
+    )
+    publisher._producer = hung
+    made: list[_FakeTransactionalProducer] = []
+
+    def new_producer(**extra: Any) -> _FakeTransactionalProducer:
+        assert extra["transactional_id"] == "w-1"  # the same id: it fences the hung one
+        made.append(_FakeTransactionalProducer())
+        return made[-1]
+
+    monkeypatch.setattr(publisher, "_new_producer", new_producer)
+    return publisher, made
+
+
+def test_an_unanswered_commit_settles_through_a_new_producer_and_says_the_outcome_is_unknown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hung = _FakeTransactionalProducer()
+    hung.unanswered = threading.Event()
+    publisher, made = _settling_publisher(monkeypatch, hung)
     try:
         publisher.send(_record("emotions"), lambda _error: None)
-        with pytest.raises(FatalError, match=r"no answer within 0\.2 s") as commit:
+        with pytest.raises(TransactionOutcomeUnknown, match="outcome is unknown") as commit:
             publisher.commit_transaction({("tweets", 0): 1}, "generation-1")
-        assert not isinstance(commit.value, TransientError)  # no abort-and-retry on it
-        with pytest.raises(FatalError, match="cannot abort"):
-            publisher.abort_transaction()
-        assert producer.calls[-2:] == ["commit", "abort"]
+        # The loop's abort-and-re-read path handles it, re-reading the broker's offsets.
+        assert isinstance(commit.value, TransactionAborted)
+        assert hung.calls[-2:] == ["commit", "close"]
+        assert [p.calls for p in made] == [["init"]] and publisher._producer is made[0]
+        assert not publisher.in_transaction
+        publisher.abort_transaction()  # nothing open any more: the loop's abort is a no-op
+        assert made[0].calls == ["init"]
+        publisher.send(_record("emotions"), lambda _error: None)  # a new transaction
+        assert made[0].calls == ["init", "begin", "send emotions"]
     finally:
-        producer.unanswered.set()
+        hung.unanswered.set()
+
+
+def test_settling_retries_init_transactions_while_the_broker_is_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hung = _FakeTransactionalProducer()
+    hung.unanswered = threading.Event()
+    publisher, made = _settling_publisher(monkeypatch, hung)
+    away = kafka.errors.KafkaTimeoutError("Timeout expired while initializing transactional state")
+    original = publisher._new_producer
+
+    def away_twice(**extra: Any) -> _FakeTransactionalProducer:
+        producer: _FakeTransactionalProducer = original(**extra)
+        producer.init_failures = [away, away]
+        return producer
+
+    monkeypatch.setattr(publisher, "_new_producer", away_twice)
+    try:
+        publisher.send(_record("emotions"), lambda _error: None)
+        with pytest.raises(TransactionOutcomeUnknown):
+            publisher.commit_transaction({("tweets", 0): 1}, "generation-1")
+        # One new producer, asked again after each timeout (kafka-python waits on for the
+        # first request's answer): nothing sent, nothing committed meanwhile.
+        assert [p.calls for p in made] == [["init", "init", "init"]]
+    finally:
+        hung.unanswered.set()
+
+
+def test_an_unanswered_abort_settles_through_a_new_producer_and_a_refused_one_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hung = _FakeTransactionalProducer()
+    hung.unanswered = threading.Event()
+    publisher, made = _settling_publisher(monkeypatch, hung)
+    try:
+        publisher.send(_record("emotions"), lambda _error: None)
+        publisher.abort_transaction()  # a transaction never asked to commit: aborted
+        assert hung.calls[-2:] == ["abort", "close"]
+        assert [p.calls for p in made] == [["init"]] and not publisher.in_transaction
+
+        publisher.send(_record("emotions"), lambda _error: None)
+        made[0].unanswered = threading.Event()
+        original = publisher._new_producer
+
+        def refused(**extra: Any) -> _FakeTransactionalProducer:
+            producer: _FakeTransactionalProducer = original(**extra)
+            producer.init_failures = [kafka.errors.TransactionalIdAuthorizationFailedError()]
+            return producer
+
+        monkeypatch.setattr(publisher, "_new_producer", refused)
+        with pytest.raises(FatalError, match="cannot restart") as stop:
+            publisher.abort_transaction()
+        assert not isinstance(stop.value, TransientError)
+        made[0].unanswered.set()
+    finally:
+        hung.unanswered.set()
+
+
+class _ConsumerWithCommits:
+    """kafka-python's ``committed()``: None for a partition without a commit."""
+
+    def __init__(self, commits: dict[tuple[str, int], int], fail: Exception | None = None):
+        self.commits = commits
+        self.fail = fail
+        self.asked: list[tuple[Any, int | None]] = []
+
+    def committed(self, tp: Any, timeout_ms: int | None = None) -> int | None:
+        self.asked.append((tp, timeout_ms))
+        if self.fail is not None:
+            raise self.fail
+        return self.commits.get((tp.topic, tp.partition))
+
+
+def test_the_source_reads_the_groups_committed_offsets_from_the_broker() -> None:
+    source = KafkaSource(WorkerSettings(), handler=None)  # type: ignore[arg-type]
+    consumer = _ConsumerWithCommits({("tweets", 0): 40, ("tweets", 2): 7})
+    source._consumer = consumer
+    wanted = {("tweets", 0), ("tweets", 1), ("tweets", 2)}
+    assert source.committed_offsets(wanted) == {("tweets", 0): 40, ("tweets", 2): 7}
+    assert all(timeout is not None for _, timeout in consumer.asked)  # bounded
+    assert source.committed_offsets(set()) == {}
+
+    source._consumer = _ConsumerWithCommits({}, kafka.errors.KafkaTimeoutError("no answer"))
+    with pytest.raises(FatalError, match="committed offset"):
+        source.committed_offsets({("tweets", 0)})
 
 
 def test_the_private_kafka_python_commit_the_rebalance_listener_awaits_still_exists() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 # The worker commits within a loop iteration; a commit must not block the loop for long.
 COMMIT_TIMEOUT_MS = 10_000
+# Reading the group's committed offsets after a transaction's outcome was unknown: the
+# broker has just answered the new producer, so this is generous.
+COMMITTED_READ_TIMEOUT_S = 30.0
 
 
 def _partition(tp: Any) -> Partition:
@@ -284,6 +288,31 @@ class KafkaSource:
         except Exception as exc:
             raise translate_kafka_error(exc, "commit") from exc
         return True
+
+    def committed_offsets(self, partitions: set[Partition]) -> dict[Partition, int]:
+        """The offsets the group has committed on the broker for ``partitions`` (those with
+        a commit). Exactly-once reads ``read_committed``, so the fetch waits for a
+        transaction still committing offsets (KIP-447's require_stable).
+
+        Raises
+        ------
+        FatalError
+            No answer within :data:`COMMITTED_READ_TIMEOUT_S`: where to resume without
+            redoing or skipping work is unknown; a restart reads it when it joins the group.
+        """
+        deadline = time.monotonic() + COMMITTED_READ_TIMEOUT_S
+        found = {}
+        for partition in sorted(partitions):
+            left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            try:
+                offset = self._consumer.committed(TopicPartition(*partition), timeout_ms=left_ms)
+            except Exception as exc:
+                raise FatalError(
+                    f"cannot read the group's committed offset of {partition}: {exc}"
+                ) from exc
+            if offset is not None:
+                found[partition] = int(offset)
+        return found
 
     async def commit_from_listener(self, offsets: dict[Partition, int]) -> None:
         """Commit from inside the rebalance listener, on kafka-python's I/O loop."""

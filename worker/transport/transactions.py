@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from worker.errors import (
     FatalError,
     ProducerFenced,
     TransactionAborted,
+    TransactionOutcomeUnknown,
     WorkerError,
 )
 from worker.messages import OutboundRecord
@@ -42,7 +44,8 @@ ABORT_ON_EXIT_TIMEOUT_S = 10.0
 # kafka-python 3.0.12's send_offsets_to_transaction, commit_transaction and
 # abort_transaction wait for the broker with no timeout (its sender retries while the
 # coordinator is away). The loop waits this long, under the worker's liveness timeout
-# (60 s) so the worker stops itself with a message rather than hang until killed.
+# (60 s); then the call's outcome is unknown and the producer is replaced (see
+# TransactionalPublisher._settle).
 TRANSACTION_CALL_TIMEOUT_S = 30.0
 
 
@@ -61,13 +64,13 @@ def _is_fenced(exc: BaseException | None) -> bool:
     return False
 
 
-class _CallTimedOut(FatalError):
+class _CallTimedOut(Exception):
+    """A transactional call got no answer in time; the publisher settles the transaction.
+    Internal: it never leaves this module."""
+
     def __init__(self, operation: str, timeout_s: float) -> None:
-        super().__init__(
-            f"Kafka transaction {operation} got no answer within {timeout_s:g} s (broker or "
-            "coordinator unreachable); its outcome is unknown and this producer cannot go "
-            "on: stopping, a restart settles the transaction (init_transactions)"
-        )
+        self.operation = operation
+        super().__init__(f"no answer within {timeout_s:g} s (broker or coordinator unreachable)")
 
 
 def _call_bounded(call: Callable[[], None], operation: str, timeout_s: float) -> None:
@@ -142,6 +145,49 @@ class TransactionalPublisher(KafkaPublisher):
             log.warning("abort on exit failed; the broker aborts on timeout: %s", exc)
         self._open = False
 
+    def _settle(self, reason: str) -> None:
+        """Replace the producer by a new one with the same transactional id, retrying its
+        ``init_transactions`` with backoff while the broker is away.
+
+        That call fences the old producer (a hung call of it can never complete the
+        transaction later) and returns once the broker has settled the transaction the old
+        one left open: rolled forward if it had reached prepare-commit, else aborted. Until
+        then nothing is sent and nothing committed; the loop waits here.
+
+        Raises
+        ------
+        FatalError
+            The new producer is refused for a reason retrying will not fix (e.g. the
+            transactional id is not authorized).
+        """
+        self._open = False
+        self._poisoned = False
+        old, self._producer = self._producer, None
+        with contextlib.suppress(Exception):
+            old.close(timeout=0)
+        log.warning("transactional producer replaced: %s", reason)
+        s = self._settings
+        delay = s.retry_backoff_initial_s
+        while True:
+            try:
+                if self._producer is None:
+                    self._producer = self._new_producer(
+                        transactional_id=self.transactional_id,
+                        transaction_timeout_ms=s.transaction_timeout_ms,
+                    )
+                # After a timeout, a second call waits on for the first one's answer.
+                self._producer.init_transactions()
+                return
+            except Exception as exc:
+                error = translate_kafka_error(exc, PRODUCER_START)
+                if not isinstance(error, BrokerUnavailable):
+                    raise FatalError(f"cannot restart the transactional producer: {error}") from exc
+                log.warning(
+                    "cannot settle the transaction yet, retrying in %.1f s: %s", delay, error
+                )
+            time.sleep(delay)  # a pause between attempts, not a wait for an outcome
+            delay = min(delay * 2, s.retry_backoff_max_s)
+
     @property
     def in_transaction(self) -> bool:
         """True from the first send after a commit or abort until the next one."""
@@ -206,13 +252,15 @@ class TransactionalPublisher(KafkaPublisher):
         ------
         ProducerFenced
             A newer producer with this transactional id exists: stop.
+        TransactionOutcomeUnknown
+            No answer within :data:`TRANSACTION_CALL_TIMEOUT_S`: the transaction is now
+            settled by a new producer (see :meth:`_settle`), committed or not; re-read
+            from the offsets committed on the broker.
         TransactionAborted
             This transaction cannot commit (stale group generation, failed send, broker
             trouble): abort it and re-read from the last commit.
         FatalError
-            Anything else (e.g. not authorized for the group), or no answer within
-            :data:`TRANSACTION_CALL_TIMEOUT_S`: the outcome is then unknown and this
-            producer unusable; a restart's ``init_transactions`` settles it.
+            Anything else (e.g. not authorized for the group).
         """
         if not self._open:
             return
@@ -226,6 +274,9 @@ class TransactionalPublisher(KafkaPublisher):
                 )
             failpoints.hit(failpoints.DURING_COMMIT)
             _call_bounded(self._producer.commit_transaction, "commit", TRANSACTION_CALL_TIMEOUT_S)
+        except _CallTimedOut as exc:
+            self._settle(f"the transaction's {exc.operation} got {exc}")
+            raise TransactionOutcomeUnknown(exc.operation, str(exc)) from exc
         except Exception as exc:
             raise self._translate(exc, "commit") from exc
         self._open = False
@@ -233,29 +284,27 @@ class TransactionalPublisher(KafkaPublisher):
     def abort_transaction(self) -> None:
         """Throw the open transaction away (its records stay invisible to read_committed).
 
+        An abort that gets no answer within :data:`TRANSACTION_CALL_TIMEOUT_S` is completed
+        by :meth:`_settle`, which can only abort here: the worker aborts a transaction whose
+        commit was never sent or was refused (kafka-python retries a retriable refusal
+        itself), so it never reached prepare-commit.
+
         Raises
         ------
         ProducerFenced
             A newer producer took over (which aborted it already).
         FatalError
-            The producer is in a state no abort can mend, or the abort got no answer
-            within :data:`TRANSACTION_CALL_TIMEOUT_S`.
+            The producer is in a state no abort can mend.
         """
         if not self._open:
             return
         if self._poisoned:
-            self._open = False
-            self._replace_producer(
-                transactional_id=self.transactional_id,
-                transaction_timeout_ms=self._settings.transaction_timeout_ms,
-            )
-            try:  # fences the old producer; its open transaction is aborted by the broker
-                self._producer.init_transactions()
-            except Exception as exc:
-                raise FatalError(f"cannot restart the transactional producer: {exc}") from exc
+            self._settle("the broker refused a record as too large")
             return
         try:
             _call_bounded(self._producer.abort_transaction, "abort", TRANSACTION_CALL_TIMEOUT_S)
+        except _CallTimedOut as exc:
+            self._settle(f"the transaction's abort got {exc}")
         except Exception as exc:
             error = self._translate(exc, "abort")
             if isinstance(error, ProducerFenced):
