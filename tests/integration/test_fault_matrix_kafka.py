@@ -6,7 +6,8 @@ the session's real Triton server, seeds tweets with unique ids while the fault h
 lets the group settle and reads results back ``read_committed``.
 
 Rows (docs/guarantees.md): a single broker restarted (SIGTERM) or killed (SIGKILL), data
-kept; a 3-broker cluster (replication 3, min.insync.replicas 2) losing one broker
+kept (and, through the transport alone, a transactional commit the killed broker never
+answered); a 3-broker cluster (replication 3, min.insync.replicas 2) losing one broker
 mid-stream; output or DLQ topic not authorized (ACLs). Bounded by the constants below.
 """
 
@@ -16,7 +17,7 @@ import threading
 import time
 
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
 from tests.support.broker_fixtures import KafkaBrokerFactory, KafkaClusterFactory
@@ -29,7 +30,12 @@ from tests.support.pipeline import (
     PipelineFactory,
 )
 from tests.support.secure_fixtures import WORKER_USER, SecureKafkaFactory
+from tests.support.topics import TopicReader
 from tests.support.waiting import wait_until
+from worker.errors import TransactionOutcomeUnknown
+from worker.messages import OutboundRecord
+from worker.settings import WorkerSettings
+from worker.transport import KafkaSource, TransactionalPublisher, transactions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -160,6 +166,117 @@ def test_broker_restart_or_crash_mid_stream_loses_nothing(
         RESULTS_TIMEOUT_S,
         lambda: f"not ready after the broker came back\n{worker.log_tail()}",
     )
+
+
+class _NoRebalanceWork:
+    def on_assigned(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return {}
+
+    def on_revoked(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return {}
+
+    def on_lost(self, partitions: set[tuple[str, int]]) -> None:
+        pass
+
+
+def _visible(bootstrap_servers: str, topic: str) -> list[str]:
+    """What a read_committed reader sees on ``topic``, from the start to its end."""
+    reader = TopicReader(bootstrap_servers, topic)
+    try:
+        return sorted(record.value.decode() for record in reader.drain(SETTLE_TIMEOUT_S))
+    finally:
+        reader.close()
+
+
+def test_a_transaction_the_broker_never_answers_is_settled_and_reread_from_its_offsets(
+    private_kafka_broker: KafkaBrokerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transport under the restart row's exactly-once case, on a real broker (SIGKILLed
+    while a commit is in flight, so its outcome is unknown to kafka-python): the commit
+    without an answer raises TransactionOutcomeUnknown only once a new producer with the
+    same id has settled the transaction; the group's offsets read back from the broker are
+    where the worker resumes, and the new producer commits the redone work once."""
+    # Shorter than the broker's start: the commit gets no answer in time.
+    monkeypatch.setattr(transactions, "TRANSACTION_CALL_TIMEOUT_S", 1.0)
+    broker = private_kafka_broker()
+    servers = broker.bootstrap_servers
+    admin = KafkaAdminClient(bootstrap_servers=servers)
+    try:
+        admin.create_topics([NewTopic(t, 1, 1) for t in ("in", "out", "dlq")])
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=servers)
+    for n in range(10):
+        producer.send("in", value=str(n).encode())
+    producer.flush(timeout=60)
+    producer.close()
+    settings = WorkerSettings(
+        kafka_bootstrap_servers=servers,
+        input_topic="in",
+        output_topic="out",
+        dlq_topic="dlq",
+        consumer_group="settle",
+        delivery="exactly_once",
+        transactional_id="settle-1",
+        retry_backoff_initial_s=0.5,
+        retry_backoff_max_s=2.0,
+    )
+    partition = ("in", 0)
+
+    def result(n: int) -> OutboundRecord:
+        return OutboundRecord("out", b"k", f"r{n}".encode(), ())
+
+    with (
+        KafkaSource(settings, _NoRebalanceWork()) as source,
+        TransactionalPublisher(settings) as publisher,
+    ):
+        consumed: list[object] = []
+        wait_until(
+            lambda: bool(consumed.extend(source.poll(1.0))) or len(consumed) >= 10,
+            RESULTS_TIMEOUT_S,
+            "the input never arrived",
+        )
+        for n in range(5):
+            publisher.send(result(n), lambda _error: None)
+        assert publisher.flush(30)
+        publisher.commit_transaction({partition: 5}, source.membership())
+        assert source.committed_offsets({partition}) == {partition: 5}
+
+        for n in range(5, 10):
+            publisher.send(result(n), lambda _error: None)
+        assert publisher.flush(30)
+        membership = source.membership()
+        outcome: list[BaseException] = []
+
+        def commit() -> None:
+            try:
+                publisher.commit_transaction({partition: 10}, membership)
+            except BaseException as error:  # handed to the test below
+                outcome.append(error)
+
+        broker.kill()
+        committing = threading.Thread(target=commit, daemon=True)
+        committing.start()
+        broker.start()  # from this thread: the broker dies with the thread that started it
+        committing.join(SETTLE_TIMEOUT_S)
+        assert not committing.is_alive(), "the commit never came back"
+        assert len(outcome) == 1 and isinstance(outcome[0], TransactionOutcomeUnknown), outcome
+        assert not publisher.in_transaction
+        # Killed before its commit reached the broker: the settlement aborted it.
+        assert source.committed_offsets({partition}) == {partition: 5}
+        assert _visible(servers, "out") == [f"r{n}" for n in range(5)]
+
+        def a_stable_member() -> bool:
+            source.poll(0.5)  # the consumer rejoins, if the restart cost it the group
+            return not source.rebalancing
+
+        wait_until(a_stable_member, RESULTS_TIMEOUT_S, "the consumer never rejoined")
+        for n in range(5, 10):  # the worker's re-read, through the new producer
+            publisher.send(result(n), lambda _error: None)
+        assert publisher.flush(30)
+        publisher.commit_transaction({partition: 10}, source.membership())
+        assert source.committed_offsets({partition}) == {partition: 10}
+    assert _visible(servers, "out") == [f"r{n}" for n in range(10)]
 
 
 @pytest.mark.parametrize("delivery", DELIVERY_MODES)
