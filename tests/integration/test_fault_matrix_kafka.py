@@ -40,8 +40,8 @@ from worker.transport import KafkaSource, TransactionalPublisher, transactions
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WARM_UP = 20
-FEED = 400
-FEED_RATE = 20.0  # 20 s of feed: the fault and the recovery land inside it
+FEED = 400  # the cluster row's feed (40 s at half the rate); warm-up ids follow it
+FEED_RATE = 20.0  # tweets/s
 RESULTS_TIMEOUT_S = 180.0
 SETTLE_TIMEOUT_S = 180.0
 EXIT_TIMEOUT_S = 120.0
