@@ -125,7 +125,11 @@ def test_a_refused_broker_certificate_counts_as_a_refused_login() -> None:
 
 
 def _publisher() -> TransactionalPublisher:
-    return TransactionalPublisher(WorkerSettings(delivery="exactly_once", transactional_id="w-1"))
+    # Limits read as unknown (the producer's cap): the default reader would wait 30 s for
+    # a broker on localhost:9092 at the first send.
+    return TransactionalPublisher(
+        WorkerSettings(delivery="exactly_once", transactional_id="w-1"), lambda topics: {}
+    )
 
 
 @pytest.mark.parametrize(
