@@ -40,16 +40,16 @@ from worker.transport import KafkaSource, TransactionalPublisher, transactions
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WARM_UP = 20
-FEED = 400  # the cluster row's feed (40 s at half the rate); warm-up ids follow it
+FEED = 400  # the warm-up's ids start here; the faults' feeds after it
 FEED_RATE = 20.0  # tweets/s
 RESULTS_TIMEOUT_S = 180.0
 SETTLE_TIMEOUT_S = 180.0
 EXIT_TIMEOUT_S = 120.0
-# The restart row's feed is timed by the fault, not by a guess at how long a broker
-# restart takes on a loaded machine: it runs from before the fault until FAULT_TAIL tweets
-# after the broker is back (3 s: the worker carries on with new input, not only a
-# backlog), and the fault lands once FAULT_AFTER results of the feed are out (work in
-# flight). FAULT_FEED_MAX bounds it: the broker's own start bound (180 s) at FEED_RATE.
+# The restart and cluster rows' feeds are timed by the fault, not by a guess at how long
+# a broker restart takes on a loaded machine: each runs from before the fault until
+# FAULT_TAIL tweets after the broker is back (the worker carries on with new input, not
+# only a backlog), and the fault lands once FAULT_AFTER results of the feed are out (work
+# in flight). FAULT_FEED_MAX bounds it: the broker's own start bound (180 s) at FEED_RATE.
 FAULT_AFTER = 40
 FAULT_TAIL = 60
 FAULT_FEED_MAX = 3600
@@ -57,54 +57,6 @@ FAULT_FEED_MAX = 3600
 
 def _warm_up(pipeline: Pipeline) -> list[str]:
     return pipeline.warm_up(WARM_UP, first=FEED, timeout_s=RESULTS_TIMEOUT_S)
-
-
-class _FeedAcrossAFault(threading.Thread):
-    """Sends tweets at ``rate``/s from a background thread until ``tail`` more after
-    :meth:`fault_over`; the ids start at ``first``."""
-
-    def __init__(self, pipeline: Pipeline, first: int, rate: float, tail: int) -> None:
-        super().__init__(name="feed-across-a-fault", daemon=True)
-        self.pipeline = pipeline
-        self.first = first
-        self.rate = rate
-        self.tail = tail
-        self.ids: list[str] = []
-        self.sent_when_over: int | None = None
-        self.error: BaseException | None = None
-        self._over = threading.Event()
-
-    @property
-    def sent(self) -> int:
-        return len(self.ids)
-
-    def fault_over(self) -> int:
-        """The fault is over: send ``tail`` more, then stop. How many were sent so far."""
-        self.sent_when_over = self.sent
-        self._over.set()
-        return self.sent_when_over
-
-    def run(self) -> None:
-        try:
-            started = time.monotonic()
-            for index in range(FAULT_FEED_MAX):
-                if self._over.is_set() and index >= (self.sent_when_over or 0) + self.tail:
-                    break
-                delay = started + index / self.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)  # pacing the feed, not waiting for an outcome
-                tweet_id = self.pipeline.tweet_id(self.first + index)
-                self.pipeline.send(tweet_id)
-                self.ids.append(tweet_id)
-            self.pipeline.producer.flush(timeout=60)
-        except BaseException as error:
-            self.error = error
-
-    def finish(self, timeout_s: float) -> None:
-        self.join(timeout_s)
-        assert not self.is_alive(), f"feeder still sending after {timeout_s:g} s"
-        if self.error is not None:
-            raise self.error
 
 
 @pytest.mark.parametrize(
@@ -133,8 +85,9 @@ def test_broker_restart_or_crash_mid_stream_loses_nothing(
     worker = pipeline.start_worker()
     warm = _warm_up(pipeline)
 
-    feeder = _FeedAcrossAFault(pipeline, FEED + WARM_UP, FEED_RATE, FAULT_TAIL)
-    feeder.start()
+    feeder = pipeline.feed_across_a_fault(
+        FEED_RATE, first=FEED + WARM_UP, tail=FAULT_TAIL, limit=FAULT_FEED_MAX
+    )
     pipeline.wait_for_result_count(WARM_UP + FAULT_AFTER, RESULTS_TIMEOUT_S)
     sent_at_fault, faulted_at = feeder.sent, time.monotonic()
     if how == "kill":
@@ -151,12 +104,11 @@ def test_broker_restart_or_crash_mid_stream_loses_nothing(
     assert sent_when_back > sent_at_fault, "nothing was fed while the broker was away"
 
     feeder.finish(timeout_s=RESULTS_TIMEOUT_S)
-    assert feeder.sent == sent_when_back + FAULT_TAIL, "the feed ended before the broker was back"
     pipeline.settle(SETTLE_TIMEOUT_S)
     report = check_delivery(
         pipeline,
         warm + feeder.ids,
-        max_extra_results=0 if pipeline.exactly_once else FEED,
+        max_extra_results=0 if pipeline.exactly_once else feeder.sent,
         label=f"broker-{how}-{delivery}",
     )
     assert report.dead_letters == 0
@@ -301,9 +253,11 @@ def test_cluster_losing_one_of_three_brokers_mid_stream_loses_nothing(
     worker = pipeline.start_worker()
     warm = _warm_up(pipeline)
 
-    # 40 s of feed: fencing the dead broker takes its session timeout (6 s), a restart more.
-    feeder = pipeline.feed(FEED, FEED_RATE / 2)
-    pipeline.wait_for_result_count(WARM_UP + 40, RESULTS_TIMEOUT_S)
+    # At half the rate: fencing the dead broker takes its session timeout (6 s).
+    feeder = pipeline.feed_across_a_fault(
+        FEED_RATE / 2, first=FEED + WARM_UP, tail=FAULT_TAIL, limit=FAULT_FEED_MAX
+    )
+    pipeline.wait_for_result_count(WARM_UP + FAULT_AFTER, RESULTS_TIMEOUT_S)
     victim = cluster.node(2)
     victim.kill()
     at_kill, sent_at_kill = len(pipeline.results.records), feeder.sent
@@ -313,15 +267,15 @@ def test_cluster_losing_one_of_three_brokers_mid_stream_loses_nothing(
     pipeline.results.poll()
     during = len(pipeline.results.records) - at_kill
     victim.start()
+    feeder.fault_over()
     print(f"[cluster-lose-one-{delivery}] {during} results while the broker was down")
-    assert feeder.sent < FEED, "the broker came back after the feed"
 
     feeder.finish(timeout_s=RESULTS_TIMEOUT_S)
     pipeline.settle(SETTLE_TIMEOUT_S)
     report = check_delivery(
         pipeline,
         warm + feeder.ids,
-        max_extra_results=0 if pipeline.exactly_once else FEED,
+        max_extra_results=0 if pipeline.exactly_once else feeder.sent,
         label=f"cluster-lose-one-{delivery}",
     )
     assert report.dead_letters == 0

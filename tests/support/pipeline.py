@@ -27,7 +27,13 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
-from tests.support.topics import Feeder, TopicReader, committed_offsets, end_offsets
+from tests.support.topics import (
+    FeedAcrossAFault,
+    Feeder,
+    TopicReader,
+    committed_offsets,
+    end_offsets,
+)
 from tests.support.waiting import wait_until
 from tests.support.worker_process import (
     WORKER_START_TIMEOUT_S,
@@ -228,6 +234,22 @@ class Pipeline:
         """Send tweets at ``rate``/s from a background thread (faults land mid-stream)."""
         ids = [self.tweet_id(n) for n in range(first, first + count)]
         feeder = Feeder(ids, rate, self.send, self.producer.flush)
+        feeder.start()
+        return feeder
+
+    def feed_across_a_fault(
+        self, rate: float, *, first: int, tail: int, limit: int
+    ) -> FeedAcrossAFault:
+        """Send tweets at ``rate``/s from a background thread until ``tail`` more after
+        the feeder's ``fault_over()`` (at most ``limit``); ids from ``first`` on."""
+        feeder = FeedAcrossAFault(
+            lambda index: self.tweet_id(first + index),
+            rate,
+            self.send,
+            self.producer.flush,
+            tail=tail,
+            limit=limit,
+        )
         feeder.start()
         return feeder
 

@@ -149,6 +149,67 @@ class Feeder(threading.Thread):
             raise self.error
 
 
+class FeedAcrossAFault(threading.Thread):
+    """Sends tweets at ``rate``/s from a background thread until ``tail`` more after
+    :meth:`fault_over`: a feed timed by the fault, not by a guess at how long a broker
+    takes to come back on a loaded machine. ``limit`` bounds it (sends, in all)."""
+
+    def __init__(
+        self,
+        tweet_id: Callable[[int], str],
+        rate: float,
+        send: Callable[[str], None],
+        flush: Callable[[float], object],
+        *,
+        tail: int,
+        limit: int,
+    ) -> None:
+        super().__init__(name="feed-across-a-fault", daemon=True)
+        self.rate = rate
+        self.tail = tail
+        self.limit = limit
+        self.ids: list[str] = []
+        self.sent_when_over: int | None = None
+        self.error: BaseException | None = None
+        self._tweet_id = tweet_id
+        self._send = send
+        self._flush = flush
+        self._over = threading.Event()
+
+    @property
+    def sent(self) -> int:
+        return len(self.ids)
+
+    def fault_over(self) -> int:
+        """The fault is over: send ``tail`` more, then stop. How many were sent so far."""
+        self.sent_when_over = self.sent
+        self._over.set()
+        return self.sent_when_over
+
+    def run(self) -> None:
+        try:
+            started = time.monotonic()
+            for index in range(self.limit):
+                if self._over.is_set() and index >= (self.sent_when_over or 0) + self.tail:
+                    break
+                pace(started, index, self.rate)
+                tweet_id = self._tweet_id(index)
+                self._send(tweet_id)
+                self.ids.append(tweet_id)
+            self._flush(FEED_FLUSH_TIMEOUT_S)
+        except BaseException as error:
+            self.error = error
+
+    def finish(self, timeout_s: float = 120.0) -> None:
+        """Wait for the tail to be sent; assert it was (the feed outlasted the fault)."""
+        self.join(timeout_s)
+        assert not self.is_alive(), f"feeder still sending after {timeout_s:g} s"
+        if self.error is not None:
+            raise self.error
+        assert self.sent_when_over is not None, "fault_over() was never called"
+        assert self.sent == self.sent_when_over + self.tail, "the feed ended before the fault"
+
+
 def end_offsets(bootstrap_servers: str, partitions: list[TopicPartition]) -> dict[int, int]:
     """Each partition's log-end offset."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
