@@ -34,14 +34,12 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import structlog
 
 from worker import failpoints
-from worker.backoff import Backoff
 from worker.batching import MicroBatch, MicroBatcher, PendingTweet
 from worker.delivery import Delivery, HeldDeadLetter, LoopHooks, delivery_for
 from worker.errors import (
@@ -55,6 +53,7 @@ from worker.inflight import InferenceJob, InFlightBatches
 from worker.messages import InboundTweet, SourceRecord, decode
 from worker.observability import Health, HealthServer, ThroughputSummary, WorkerMetrics
 from worker.offsets import CommitTracker, Partition, Ticket
+from worker.polling import Poller
 from worker.ports import (
     ClassifierFactory,
     Publisher,
@@ -81,22 +80,8 @@ from worker.startup import (
 
 log = structlog.get_logger("worker")
 
-# The loop never blocks longer than this in one poll, so stop() and due batches are
-# noticed promptly.
-IDLE_POLL_S = 0.2
-# While batches are at Triton, the loop looks for finished ones this often.
-BUSY_POLL_S = 0.005
-# While the consumer joins its group, each poll waits this long. kafka-python 3.0 drives
-# the JoinGroup/SyncGroup round trip only inside poll(); with polls that keep timing out
-# mid-join we saw members never finish rejoining (partitions stuck unassigned until the
-# session timed out). Long polls let the join complete within one call.
-REBALANCE_POLL_S = 1.0
 # On shutdown, in-flight batches get one Triton deadline to finish before being abandoned.
 FLUSH_TIMEOUT_S = 30.0
-# A failing poll is retried after a capped exponential backoff, capped here too: the loop
-# waits in place (still beating, unlike a paused retry it cannot poll meanwhile), and
-# must stay well inside the liveness timeout (60 s) and max.poll.interval.
-POLL_RETRY_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -155,10 +140,7 @@ class Worker:
         self._waiting = Waiting(
             settings, self._stop, self.health, self._set_ready, self.metrics, self._log
         )
-        poll_retry_max_s = min(settings.retry_backoff_max_s, POLL_RETRY_MAX_S)
-        self._poll_backoff = Backoff(
-            min(settings.retry_backoff_initial_s, poll_retry_max_s), poll_retry_max_s
-        )
+        self._poller = Poller(settings, self._stop, self.metrics, self._log)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -295,7 +277,9 @@ class Worker:
     def _step(self) -> None:
         self.health.beat()
         self._flow_control()
-        records = self._without_gone(self._poll())
+        records = self._without_gone(
+            self._poller.poll(self._running.source, self._batcher, self._batches)
+        )
         self._accept(records)
         self._dispatch()
         self._collect()
@@ -303,33 +287,6 @@ class Worker:
         self._running.delivery.release_held()
         self._running.delivery.commit()
         self._report()
-
-    def _poll_timeout(self) -> float:
-        if self._running.source.rebalancing:
-            return REBALANCE_POLL_S
-        if len(self._batches) or self._batches.retry_at is not None:
-            return BUSY_POLL_S
-        due = self._batcher.due_in()
-        return IDLE_POLL_S if due is None else min(due, IDLE_POLL_S)
-
-    def _poll(self) -> list[SourceRecord]:
-        timeout = self._poll_timeout()
-        oldest = self._batches.oldest
-        if timeout < REBALANCE_POLL_S and self._batches.full and oldest is not None:
-            # Nothing can be sent until Triton answers: wake up the moment it does, rather
-            # than spinning on short polls (a poll still follows, to keep the group).
-            futures.wait([oldest.future], timeout=IDLE_POLL_S)
-            timeout = 0.0
-        try:
-            records = self._running.source.poll(timeout)
-        except TransientError as exc:
-            delay = self._poll_backoff.next_delay()
-            self._log.warning("poll failed, will retry", error=str(exc), retry_in_s=round(delay, 2))
-            self.metrics.retries.labels(reason=type(exc).__name__).inc()
-            self._stop.wait(delay)
-            return []
-        self._poll_backoff.reset()
-        return records
 
     def _without_gone(self, records: list[SourceRecord]) -> list[SourceRecord]:
         """Drop the work of partitions revoked or lost during the poll, and the records the

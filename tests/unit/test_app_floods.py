@@ -13,11 +13,12 @@ from typing import Any
 import structlog
 
 from tests.support.fakes import FakeSource, record, settings, tweets, wait_for
-from worker.app import POLL_RETRY_MAX_S, Worker
+from worker.app import Worker
 from worker.errors import BrokerUnavailable
 from worker.messages import SourceRecord
 from worker.observability import LogRateLimit
 from worker.offsets import Partition
+from worker.polling import POLL_RETRY_MAX_S
 from worker.publishing import DEAD_LETTER_LOG_BURST
 
 POISON = 600
@@ -104,9 +105,9 @@ def test_a_failing_poll_backs_off_exponentially_up_to_a_cap(run_worker: Any) -> 
 
 def test_the_poll_backoff_stays_inside_the_liveness_bound() -> None:
     worker = Worker(settings(retry_backoff_initial_s=1, retry_backoff_max_s=600))
-    assert worker._poll_backoff.max_s == POLL_RETRY_MAX_S
+    assert worker._poller.backoff.max_s == POLL_RETRY_MAX_S
     worker = Worker(settings(retry_backoff_initial_s=0.01, retry_backoff_max_s=0.05))
-    assert worker._poll_backoff.max_s == 0.05
+    assert worker._poller.backoff.max_s == 0.05
 
 
 def test_idle_clients_on_the_metrics_port_do_not_add_worker_threads(run_worker: Any) -> None:
