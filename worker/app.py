@@ -41,7 +41,7 @@ import structlog
 
 from worker import failpoints
 from worker.batching import MicroBatch, MicroBatcher, PendingTweet
-from worker.delivery import Delivery, HeldDeadLetter, LoopHooks, delivery_for
+from worker.delivery import Delivery, DeliveryParts, HeldDeadLetter, LoopHooks, delivery_for
 from worker.errors import (
     FatalError,
     PoisonMessage,
@@ -204,18 +204,20 @@ class Worker:
             publisher = stack.enter_context(self._waiting.connected(self._make_publisher, s))
             source = stack.enter_context(self._waiting.connected(self._make_source, s, self))
             delivery = delivery_for(
-                s,
-                source=source,
-                publisher=publisher,
-                tracker=self.tracker,
-                metrics=self.metrics,
-                log=self._log,
-                loop=LoopHooks(
-                    dead_letter=self._dead_letter_held,
-                    settle_sends=self._settle_sends,
-                    discard_failed_sends=self._discard_failed_sends,
-                    drop_waiting=self._drop_waiting,
-                ),
+                DeliveryParts(
+                    s,
+                    source=source,
+                    publisher=publisher,
+                    tracker=self.tracker,
+                    metrics=self.metrics,
+                    log=self._log,
+                    loop=LoopHooks(
+                        dead_letter=self._dead_letter_held,
+                        settle_sends=self._settle_sends,
+                        discard_failed_sends=self._discard_failed_sends,
+                        drop_waiting=self._drop_waiting,
+                    ),
+                )
             )
             self._running = _Running(
                 source=source,

@@ -128,27 +128,31 @@ def loggable(offsets: dict[Partition, int]) -> dict[str, int]:
     return {f"{topic}:{partition}": offset for (topic, partition), offset in offsets.items()}
 
 
+@dataclass(frozen=True)
+class DeliveryParts:
+    """What a delivery mode works with, built once by ``Worker.run()``."""
+
+    settings: WorkerSettings
+    source: Source
+    publisher: Publisher
+    tracker: CommitTracker
+    metrics: WorkerMetrics
+    log: Any
+    loop: LoopHooks
+
+
 class _Mode:
     """What both modes share: the commit interval and the pause after a re-read."""
 
-    def __init__(
-        self,
-        settings: WorkerSettings,
-        *,
-        source: Source,
-        publisher: Publisher,
-        tracker: CommitTracker,
-        metrics: WorkerMetrics,
-        log: Any,
-        loop: LoopHooks,
-    ) -> None:
+    def __init__(self, parts: DeliveryParts) -> None:
+        settings = parts.settings
         self._settings = settings
-        self._source = source
-        self._publisher = publisher
-        self._tracker = tracker
-        self._metrics = metrics
-        self._log = log
-        self._loop = loop
+        self._source = parts.source
+        self._publisher = parts.publisher
+        self._tracker = parts.tracker
+        self._metrics = parts.metrics
+        self._log = parts.log
+        self._loop = parts.loop
         self._abort_backoff = Backoff(
             settings.retry_backoff_initial_s, settings.retry_backoff_max_s
         )
@@ -239,27 +243,8 @@ class AtLeastOnce(_Mode):
 class ExactlyOnce(_Mode):
     """Results and offsets committed together in one transaction per commit (module doc)."""
 
-    def __init__(
-        self,
-        settings: WorkerSettings,
-        *,
-        source: Source,
-        publisher: Publisher,
-        tracker: CommitTracker,
-        metrics: WorkerMetrics,
-        log: Any,
-        loop: LoopHooks,
-        transactions: Transactions,
-    ) -> None:
-        super().__init__(
-            settings,
-            source=source,
-            publisher=publisher,
-            tracker=tracker,
-            metrics=metrics,
-            log=log,
-            loop=loop,
-        )
+    def __init__(self, parts: DeliveryParts, transactions: Transactions) -> None:
+        super().__init__(parts)
         self._transactions = transactions
         self._held: deque[HeldDeadLetter] = deque()
         """Dead letters waiting until every earlier record of their partition was sent."""
@@ -416,16 +401,7 @@ class ExactlyOnce(_Mode):
         return set(points)
 
 
-def delivery_for(
-    settings: WorkerSettings,
-    *,
-    source: Source,
-    publisher: Publisher,
-    tracker: CommitTracker,
-    metrics: WorkerMetrics,
-    log: Any,
-    loop: LoopHooks,
-) -> Delivery:
+def delivery_for(parts: DeliveryParts) -> Delivery:
     """The delivery mode ``settings.delivery`` names, built once.
 
     Raises
@@ -433,25 +409,8 @@ def delivery_for(
     FatalError
         Exactly once without a publisher that does transactions.
     """
-    if not settings.exactly_once:
-        return AtLeastOnce(
-            settings,
-            source=source,
-            publisher=publisher,
-            tracker=tracker,
-            metrics=metrics,
-            log=log,
-            loop=loop,
-        )
-    if not isinstance(publisher, Transactions):
+    if not parts.settings.exactly_once:
+        return AtLeastOnce(parts)
+    if not isinstance(parts.publisher, Transactions):
         raise FatalError("delivery=exactly_once needs a transactional publisher")
-    return ExactlyOnce(
-        settings,
-        source=source,
-        publisher=publisher,
-        tracker=tracker,
-        metrics=metrics,
-        log=log,
-        loop=loop,
-        transactions=publisher,
-    )
+    return ExactlyOnce(parts, transactions=parts.publisher)

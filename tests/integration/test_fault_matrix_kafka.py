@@ -22,6 +22,7 @@ from kafka.admin import NewTopic
 
 from tests.support.broker_fixtures import KafkaBrokerFactory, KafkaClusterFactory
 from tests.support.delivery import check_delivery
+from tests.support.fakes import NoRebalanceWork
 from tests.support.pipeline import (
     AT_LEAST_ONCE,
     DELIVERY_MODES,
@@ -30,7 +31,7 @@ from tests.support.pipeline import (
     PipelineFactory,
 )
 from tests.support.secure_fixtures import WORKER_USER, SecureKafkaFactory
-from tests.support.topics import TopicReader
+from tests.support.topics import Feeder, TopicReader
 from tests.support.waiting import wait_until
 from worker.errors import TransactionOutcomeUnknown
 from worker.messages import OutboundRecord
@@ -53,6 +54,20 @@ EXIT_TIMEOUT_S = 120.0
 FAULT_AFTER = 40
 FAULT_TAIL = 60
 FAULT_FEED_MAX = 3600
+
+
+def _nothing_lost(pipeline: Pipeline, warm: list[str], feeder: Feeder, label: str) -> None:
+    """The feed ended and the group settled: every id has a result (exactly once: one),
+    none dead-lettered."""
+    feeder.finish(timeout_s=RESULTS_TIMEOUT_S)
+    pipeline.settle(SETTLE_TIMEOUT_S)
+    report = check_delivery(
+        pipeline,
+        warm + feeder.ids,
+        max_extra_results=0 if pipeline.exactly_once else feeder.sent,
+        label=label,
+    )
+    assert report.dead_letters == 0
 
 
 def _warm_up(pipeline: Pipeline) -> list[str]:
@@ -103,32 +118,13 @@ def test_broker_restart_or_crash_mid_stream_loses_nothing(
     )
     assert sent_when_back > sent_at_fault, "nothing was fed while the broker was away"
 
-    feeder.finish(timeout_s=RESULTS_TIMEOUT_S)
-    pipeline.settle(SETTLE_TIMEOUT_S)
-    report = check_delivery(
-        pipeline,
-        warm + feeder.ids,
-        max_extra_results=0 if pipeline.exactly_once else feeder.sent,
-        label=f"broker-{how}-{delivery}",
-    )
-    assert report.dead_letters == 0
+    _nothing_lost(pipeline, warm, feeder, f"broker-{how}-{delivery}")
     assert worker.alive(), worker.log_tail()
     wait_until(
         lambda: worker.http_status("/readyz") == 200,
         RESULTS_TIMEOUT_S,
         lambda: f"not ready after the broker came back\n{worker.log_tail()}",
     )
-
-
-class _NoRebalanceWork:
-    def on_assigned(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        return {}
-
-    def on_revoked(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        return {}
-
-    def on_lost(self, partitions: set[tuple[str, int]]) -> None:
-        pass
 
 
 def _visible(bootstrap_servers: str, topic: str) -> list[str]:
@@ -179,7 +175,7 @@ def test_a_transaction_the_broker_never_answers_is_settled_and_reread_from_its_o
         return OutboundRecord("out", b"k", f"r{n}".encode(), ())
 
     with (
-        KafkaSource(settings, _NoRebalanceWork()) as source,
+        KafkaSource(settings, NoRebalanceWork()) as source,
         TransactionalPublisher(settings) as publisher,
     ):
         consumed: list[object] = []
@@ -270,15 +266,7 @@ def test_cluster_losing_one_of_three_brokers_mid_stream_loses_nothing(
     feeder.fault_over()
     print(f"[cluster-lose-one-{delivery}] {during} results while the broker was down")
 
-    feeder.finish(timeout_s=RESULTS_TIMEOUT_S)
-    pipeline.settle(SETTLE_TIMEOUT_S)
-    report = check_delivery(
-        pipeline,
-        warm + feeder.ids,
-        max_extra_results=0 if pipeline.exactly_once else feeder.sent,
-        label=f"cluster-lose-one-{delivery}",
-    )
-    assert report.dead_letters == 0
+    _nothing_lost(pipeline, warm, feeder, f"cluster-lose-one-{delivery}")
     assert worker.alive(), worker.log_tail()
 
 

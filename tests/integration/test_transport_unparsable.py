@@ -16,6 +16,7 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.errors import CorruptRecordError
 
+from tests.support.fakes import NoRebalanceWork
 from tests.support.kafka_records import produce_unparsable, produce_with_librdkafka
 from tests.support.service_fixtures import KafkaService
 from worker.messages import SourceRecord
@@ -27,17 +28,6 @@ pytestmark = pytest.mark.integration
 # Bounded reading: a fresh group joins and fetches within seconds on a busy machine.
 READ_TIMEOUT_S = 60.0
 POLL_S = 0.5
-
-
-class _NoRebalanceWork:
-    def on_assigned(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        return {}
-
-    def on_revoked(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        return {}
-
-    def on_lost(self, partitions: set[tuple[str, int]]) -> None:
-        pass
 
 
 def _seed(servers: str, topic: str) -> None:
@@ -62,7 +52,7 @@ def _read_through_source(
         metrics_port=-1,
     )
     got: list[SourceRecord] = []
-    with KafkaSource(settings, _NoRebalanceWork()) as source:
+    with KafkaSource(settings, NoRebalanceWork()) as source:
         deadline = time.monotonic() + READ_TIMEOUT_S
         while len(got) < count and time.monotonic() < deadline:
             got.extend(source.poll(POLL_S))

@@ -41,6 +41,19 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = DEADLI
     wait_until(condition, timeout_s, what, interval_s=FAKES_POLL_INTERVAL_S)
 
 
+class NoRebalanceWork:
+    """Rebalance callbacks for a transport used on its own: no work to keep or drop."""
+
+    def on_assigned(self, partitions: set[Partition]) -> dict[Partition, int]:
+        return {}
+
+    def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]:
+        return {}
+
+    def on_lost(self, partitions: set[Partition]) -> None:
+        pass
+
+
 class FakeSource:
     def __init__(self, records: dict[Partition, list[SourceRecord]], per_poll: int = 7) -> None:
         self.records = records

@@ -28,7 +28,6 @@ from pathlib import Path
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from tests.support.topics import (
-    FeedAcrossAFault,
     Feeder,
     TopicReader,
     committed_offsets,
@@ -231,25 +230,25 @@ class Pipeline:
         self.producer.flush(timeout=60)
 
     def feed(self, count: int, rate: float, first: int = 0) -> Feeder:
-        """Send tweets at ``rate``/s from a background thread (faults land mid-stream)."""
-        ids = [self.tweet_id(n) for n in range(first, first + count)]
-        feeder = Feeder(ids, rate, self.send, self.producer.flush)
-        feeder.start()
-        return feeder
+        """Send ``count`` tweets at ``rate``/s from a background thread (faults land
+        mid-stream); ids from ``first`` on."""
+        return self._feed(
+            Feeder(self._id_from(first), rate, self.send, self.producer.flush, limit=count)
+        )
 
-    def feed_across_a_fault(
-        self, rate: float, *, first: int, tail: int, limit: int
-    ) -> FeedAcrossAFault:
+    def feed_across_a_fault(self, rate: float, *, first: int, tail: int, limit: int) -> Feeder:
         """Send tweets at ``rate``/s from a background thread until ``tail`` more after
         the feeder's ``fault_over()`` (at most ``limit``); ids from ``first`` on."""
-        feeder = FeedAcrossAFault(
-            lambda index: self.tweet_id(first + index),
-            rate,
-            self.send,
-            self.producer.flush,
-            tail=tail,
-            limit=limit,
+        feeder = Feeder(
+            self._id_from(first), rate, self.send, self.producer.flush, limit=limit, tail=tail
         )
+        return self._feed(feeder)
+
+    def _id_from(self, first: int) -> Callable[[int], str]:
+        return lambda index: self.tweet_id(first + index)
+
+    @staticmethod
+    def _feed(feeder: Feeder) -> Feeder:
         feeder.start()
         return feeder
 

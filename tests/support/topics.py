@@ -114,45 +114,13 @@ def pace(started: float, index: int, rate: float) -> None:
 
 
 class Feeder(threading.Thread):
-    """Sends ``ids`` at a steady rate from a background thread (faults land mid-stream)."""
+    """Sends tweets at ``rate``/s from a background thread, so faults land mid-stream.
 
-    def __init__(
-        self,
-        ids: list[str],
-        rate: float,
-        send: Callable[[str], None],
-        flush: Callable[[float], object],
-    ) -> None:
-        super().__init__(name="feeder", daemon=True)
-        self.ids = ids
-        self.rate = rate
-        self._send = send
-        self._flush = flush
-        self.sent = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            started = time.monotonic()
-            for index, tweet_id in enumerate(self.ids):
-                pace(started, index, self.rate)
-                self._send(tweet_id)
-                self.sent += 1
-            self._flush(FEED_FLUSH_TIMEOUT_S)
-        except BaseException as error:
-            self.error = error
-
-    def finish(self, timeout_s: float = 120.0) -> None:
-        self.join(timeout_s)
-        assert not self.is_alive(), f"feeder still sending after {timeout_s:g} s"
-        if self.error is not None:
-            raise self.error
-
-
-class FeedAcrossAFault(threading.Thread):
-    """Sends tweets at ``rate``/s from a background thread until ``tail`` more after
-    :meth:`fault_over`: a feed timed by the fault, not by a guess at how long a broker
-    takes to come back on a loaded machine. ``limit`` bounds it (sends, in all)."""
+    The ``index``-th tweet's id is ``tweet_id(index)``; ``limit`` sends at most. With a
+    ``tail``, the feed is timed by the fault instead, not by a guess at how long a broker
+    takes to come back on a loaded machine: it stops ``tail`` sends after
+    :meth:`fault_over`, and :meth:`finish` asserts the tail went out.
+    """
 
     def __init__(
         self,
@@ -161,20 +129,20 @@ class FeedAcrossAFault(threading.Thread):
         send: Callable[[str], None],
         flush: Callable[[float], object],
         *,
-        tail: int,
         limit: int,
+        tail: int | None = None,
     ) -> None:
-        super().__init__(name="feed-across-a-fault", daemon=True)
+        super().__init__(name="feeder", daemon=True)
         self.rate = rate
-        self.tail = tail
         self.limit = limit
+        self.tail = tail
         self.ids: list[str] = []
+        """The ids sent so far, in order."""
         self.sent_when_over: int | None = None
         self.error: BaseException | None = None
         self._tweet_id = tweet_id
         self._send = send
         self._flush = flush
-        self._over = threading.Event()
 
     @property
     def sent(self) -> int:
@@ -182,15 +150,19 @@ class FeedAcrossAFault(threading.Thread):
 
     def fault_over(self) -> int:
         """The fault is over: send ``tail`` more, then stop. How many were sent so far."""
+        assert self.tail is not None, "a feed without a tail is not timed by a fault"
         self.sent_when_over = self.sent
-        self._over.set()
         return self.sent_when_over
+
+    def _done(self, index: int) -> bool:
+        over = self.sent_when_over
+        return over is not None and self.tail is not None and index >= over + self.tail
 
     def run(self) -> None:
         try:
             started = time.monotonic()
             for index in range(self.limit):
-                if self._over.is_set() and index >= (self.sent_when_over or 0) + self.tail:
+                if self._done(index):
                     break
                 pace(started, index, self.rate)
                 tweet_id = self._tweet_id(index)
@@ -201,13 +173,14 @@ class FeedAcrossAFault(threading.Thread):
             self.error = error
 
     def finish(self, timeout_s: float = 120.0) -> None:
-        """Wait for the tail to be sent; assert it was (the feed outlasted the fault)."""
+        """Wait for the feed to end; with a tail, assert it outlasted the fault."""
         self.join(timeout_s)
         assert not self.is_alive(), f"feeder still sending after {timeout_s:g} s"
         if self.error is not None:
             raise self.error
-        assert self.sent_when_over is not None, "fault_over() was never called"
-        assert self.sent == self.sent_when_over + self.tail, "the feed ended before the fault"
+        if self.tail is not None:
+            assert self.sent_when_over is not None, "fault_over() was never called"
+            assert self.sent == self.sent_when_over + self.tail, "the feed ended before the fault"
 
 
 def end_offsets(bootstrap_servers: str, partitions: list[TopicPartition]) -> dict[int, int]:
