@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import hypothesis.strategies as st
@@ -290,10 +292,16 @@ def test_a_producer_start_that_times_out_is_retried_not_aborted() -> None:
     assert type(translated) is BrokerUnavailable
 
 
+@contextlib.contextmanager
 def _settling_publisher(
-    monkeypatch: pytest.MonkeyPatch, hung: _FakeTransactionalProducer
-) -> tuple[TransactionalPublisher, list[_FakeTransactionalProducer]]:
-    """A publisher whose producer is ``hung``; the producers it makes after it, listed."""
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[
+    tuple[TransactionalPublisher, list[_FakeTransactionalProducer], _FakeTransactionalProducer]
+]:
+    """A publisher whose producer never answers a transactional call, the producers it
+    makes after that one (listed), and the hung one, which answers once the block ends."""
+    hung = _FakeTransactionalProducer()
+    hung.unanswered = threading.Event()
     from worker.transport import transactions  # noqa: PLC0415
 
     monkeypatch.setattr(transactions, "TRANSACTION_CALL_TIMEOUT_S", 0.2)
@@ -315,16 +323,16 @@ def _settling_publisher(
         return made[-1]
 
     monkeypatch.setattr(publisher, "_new_producer", new_producer)
-    return publisher, made
+    try:
+        yield publisher, made, hung
+    finally:
+        hung.unanswered.set()
 
 
 def test_an_unanswered_commit_settles_through_a_new_producer_and_says_the_outcome_is_unknown(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    hung = _FakeTransactionalProducer()
-    hung.unanswered = threading.Event()
-    publisher, made = _settling_publisher(monkeypatch, hung)
-    try:
+    with _settling_publisher(monkeypatch) as (publisher, made, hung):
         publisher.send(_record("emotions"), lambda _error: None)
         with pytest.raises(TransactionOutcomeUnknown, match="outcome is unknown") as commit:
             publisher.commit_transaction({("tweets", 0): 1}, "generation-1")
@@ -337,43 +345,33 @@ def test_an_unanswered_commit_settles_through_a_new_producer_and_says_the_outcom
         assert made[0].calls == ["init"]
         publisher.send(_record("emotions"), lambda _error: None)  # a new transaction
         assert made[0].calls == ["init", "begin", "send emotions"]
-    finally:
-        hung.unanswered.set()
 
 
 def test_settling_retries_init_transactions_while_the_broker_is_away(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    hung = _FakeTransactionalProducer()
-    hung.unanswered = threading.Event()
-    publisher, made = _settling_publisher(monkeypatch, hung)
     away = kafka.errors.KafkaTimeoutError("Timeout expired while initializing transactional state")
-    original = publisher._new_producer
+    with _settling_publisher(monkeypatch) as (publisher, made, _hung):
+        original = publisher._new_producer
 
-    def away_twice(**extra: Any) -> _FakeTransactionalProducer:
-        producer: _FakeTransactionalProducer = original(**extra)
-        producer.init_failures = [away, away]
-        return producer
+        def away_twice(**extra: Any) -> _FakeTransactionalProducer:
+            producer: _FakeTransactionalProducer = original(**extra)
+            producer.init_failures = [away, away]
+            return producer
 
-    monkeypatch.setattr(publisher, "_new_producer", away_twice)
-    try:
+        monkeypatch.setattr(publisher, "_new_producer", away_twice)
         publisher.send(_record("emotions"), lambda _error: None)
         with pytest.raises(TransactionOutcomeUnknown):
             publisher.commit_transaction({("tweets", 0): 1}, "generation-1")
         # One new producer, asked again after each timeout (kafka-python waits on for the
         # first request's answer): nothing sent, nothing committed meanwhile.
         assert [p.calls for p in made] == [["init", "init", "init"]]
-    finally:
-        hung.unanswered.set()
 
 
 def test_an_unanswered_abort_settles_through_a_new_producer_and_a_refused_one_stops(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    hung = _FakeTransactionalProducer()
-    hung.unanswered = threading.Event()
-    publisher, made = _settling_publisher(monkeypatch, hung)
-    try:
+    with _settling_publisher(monkeypatch) as (publisher, made, hung):
         publisher.send(_record("emotions"), lambda _error: None)
         publisher.abort_transaction()  # a transaction never asked to commit: aborted
         assert hung.calls[-2:] == ["abort", "close"]
@@ -393,8 +391,6 @@ def test_an_unanswered_abort_settles_through_a_new_producer_and_a_refused_one_st
             publisher.abort_transaction()
         assert not isinstance(stop.value, TransientError)
         made[0].unanswered.set()
-    finally:
-        hung.unanswered.set()
 
 
 class _ConsumerWithCommits:
